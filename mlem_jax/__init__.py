@@ -1,0 +1,32 @@
+"""mlem-jax: the Multilevel Euler-Maruyama method in JAX."""
+
+from ._calibrate import LevelCosts, LevelStatistics, fit_gamma, level_costs, level_statistics
+from ._levels import draw_levels, levels_to_evaluate, multilevel_drift
+from ._probabilities import correction_costs, optimal_probabilities
+from ._solve import Solution, solve
+from ._step import MLEMInfo, MLEMState, build_step, diagonal_noise, init
+from ._synthetic import RandomFeatureDrift, random_feature_drift, random_feature_levels
+
+
+__all__ = [
+    "LevelCosts",
+    "LevelStatistics",
+    "MLEMInfo",
+    "MLEMState",
+    "RandomFeatureDrift",
+    "Solution",
+    "build_step",
+    "correction_costs",
+    "diagonal_noise",
+    "draw_levels",
+    "fit_gamma",
+    "init",
+    "level_costs",
+    "level_statistics",
+    "levels_to_evaluate",
+    "multilevel_drift",
+    "optimal_probabilities",
+    "random_feature_drift",
+    "random_feature_levels",
+    "solve",
+]

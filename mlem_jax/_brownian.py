@@ -1,0 +1,86 @@
+"""Brownian increments over the step grid: drawn from a key, or read off a path."""
+
+from collections.abc import Callable
+from typing import Any
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jaxtyping import Array, Int, PRNGKeyArray, PyTree
+
+from ._validation import _describe
+
+
+BrownianIncrements = Callable[[Int[Array, ""], Any, Any], PyTree]
+
+
+def _is_key(x: Any) -> bool:
+    try:
+        dtype = jnp.asarray(x).dtype
+    except TypeError:
+        return False
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        return jnp.shape(x) == ()
+    return dtype == jnp.uint32 and jnp.shape(x) == (2,)
+
+
+def key_increments(key: PRNGKeyArray, y0: PyTree) -> BrownianIncrements:
+    """Increments dW_n ~ N(0, |dt|) of the shape of `y0`, from `fold_in(key, n)`.
+
+    Step n's increment depends only on (key, n), so it is reproducible, but runs with
+    different step counts do not share a path: pass a diffrax Brownian path for that.
+    """
+    leaves, treedef = jtu.tree_flatten(y0)
+
+    def increments(n, t, dt):
+        keys = jax.random.split(jax.random.fold_in(key, n), len(leaves))
+        scale = jnp.sqrt(jnp.abs(dt))
+        draws = [
+            (scale * jax.random.normal(k, jnp.shape(x), jnp.result_type(x))).astype(
+                jnp.result_type(x)
+            )
+            for k, x in zip(keys, leaves)
+        ]
+        return jtu.tree_unflatten(treedef, draws)
+
+    return increments
+
+
+def path_increments(
+    path: diffrax.AbstractBrownianPath, y0: PyTree, t0: Any, t1: Any
+) -> BrownianIncrements:
+    """Increments dW_n = W(t_{n+1}) - W(t_n) read off a diffrax Brownian path."""
+    expected = jax.eval_shape(lambda: y0)
+    given = jax.eval_shape(lambda: path.evaluate(t0, t1))
+    if jtu.tree_structure(given) != jtu.tree_structure(expected) or any(
+        g.shape != e.shape for g, e in zip(jtu.tree_leaves(given), jtu.tree_leaves(expected))
+    ):
+        raise ValueError(
+            "`brownian` must be a diffrax Brownian path of the shape of `y0` "
+            f"({_describe(expected)}) for diagonal noise, got increments of shape "
+            f"{_describe(given)}."
+        )
+
+    def increments(n, t, dt):
+        dw = path.evaluate(t, t + dt)
+        return jtu.tree_map(lambda w, x: w.astype(x.dtype), dw, y0)
+
+    return increments
+
+
+def brownian_increments(
+    brownian: Any, y0: PyTree, t0: Any, t1: Any
+) -> BrownianIncrements:
+    """Dispatch on `brownian`: a PRNG key or a diffrax `AbstractBrownianPath`."""
+    if isinstance(brownian, diffrax.AbstractBrownianPath):
+        return path_increments(brownian, y0, t0, t1)
+    if _is_key(brownian):
+        return key_increments(brownian, y0)
+    raise TypeError(
+        "`brownian` must be a PRNG key or a diffrax `AbstractBrownianPath`, got "
+        f"{type(brownian).__name__}"
+        + (f" of shape {np.shape(brownian)}" if hasattr(brownian, "shape") else "")
+        + "."
+    )

@@ -1,0 +1,183 @@
+"""`solve`: EM and ML-EM over a fixed grid as one jit-compiled `lax.scan`."""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+
+from ._brownian import brownian_increments
+from ._step import build_step, diagonal_noise, init
+from ._validation import (
+    check_coupling,
+    check_diffusion_output,
+    check_level_outputs,
+    check_levels,
+    check_num_steps,
+    check_probabilities,
+    check_state,
+    check_times,
+    concrete_or_none,
+)
+
+
+class Solution(eqx.Module):
+    """The result of `solve`.
+
+    - `ys`: the final state, or the states at the requested save times stacked on a
+        new leading axis.
+    - `ts`: t1, or the save times.
+    - `evaluations`: int array (K,): at how many steps each level was evaluated.
+    - `cost`: `evaluations @ costs` when `costs` were given, else None.
+    """
+
+    ys: PyTree
+    ts: Float[Array, "..."]
+    evaluations: Int[Array, " K"]
+    cost: Float[Array, ""] | None
+
+
+def _save_indices(saveat: Any, t0: Any, t1: Any, num_steps: int) -> tuple[int, ...] | None:
+    """Grid indices of the save times; None saves only the final state."""
+    if saveat is None:
+        return None
+    if isinstance(saveat, str):
+        if saveat != "steps":
+            raise ValueError(
+                f"`saveat` must be None, 'steps' or an array of grid times, got {saveat!r}."
+            )
+        return tuple(range(num_steps + 1))
+    times = np.asarray(saveat, dtype=np.float64).reshape(-1)
+    a, b = concrete_or_none(t0), concrete_or_none(t1)
+    if a is None or b is None:
+        raise ValueError("`saveat` times need concrete `t0` and `t1`, got traced values.")
+    positions = (times - float(a)) / (float(b) - float(a)) * num_steps
+    indices = np.rint(positions)
+    if not np.allclose(positions, indices, atol=1e-4) or (
+        (indices < 0) | (indices > num_steps)
+    ).any():
+        raise ValueError(
+            "`saveat` times must lie on the step grid t0 + n (t1 - t0) / num_steps, "
+            f"n = 0..{num_steps}; got {times.tolist()}."
+        )
+    return tuple(int(i) for i in indices)
+
+
+@eqx.filter_jit
+def _scan(
+    levels, probabilities, noise, increments, coupling, y0, t0, t1, num_steps, key, args,
+    save,
+):
+    step = build_step(levels, probabilities, noise=noise, coupling=coupling)
+    dt = (t1 - t0) / num_steps
+
+    def body(state, n):
+        t = t0 + n * dt
+        dw = None if increments is None else increments(n, t, dt)
+        step_key = None if key is None else jax.random.fold_in(key, n)
+        state, _ = step(step_key, state, t, dt, dw, args)
+        return state, (state.y if save is not None else None)
+
+    final, trajectory = lax.scan(body, init(y0, len(levels)), jnp.arange(num_steps))
+    if save is None:
+        return final.y, t1, final.evaluations
+    index = jnp.asarray(save)
+    states = jtu.tree_map(lambda a, b: jnp.concatenate([a[None], b]), y0, trajectory)
+    ys = jtu.tree_map(lambda s: s[index], states)
+    return ys, t0 + index * dt, final.evaluations
+
+
+def solve(
+    levels: Sequence[Callable],
+    y0: PyTree,
+    t0: float | Float[Array, ""],
+    t1: float | Float[Array, ""],
+    num_steps: int,
+    *,
+    probabilities: Any = None,
+    diffusion: Callable | None = None,
+    key: PRNGKeyArray | None = None,
+    brownian: Any = None,
+    args: Any = None,
+    coupling: str = "nested",
+    saveat: Any = None,
+    costs: Any = None,
+) -> Solution:
+    """Solve dX = f(t, X) dt + g(t, X) dW with EM (one level) or ML-EM (several).
+
+    Step n uses F_n = f^1 + sum_{l >= 2} (B_{n,l} / p_l) (f^l - f^(l-1)), with
+    P(B_{n,l} = 1) = p_l, so E[F_n | X_n] = f^K (the top level). The draws are shared by
+    the whole batch, and a level that is not drawn is skipped with `lax.cond`, also when
+    `solve` is `vmap`ped over `y0` with an unbatched `key`. The loop is a `lax.scan`,
+    jit-compiled and differentiable.
+
+    **Arguments:**
+
+    - `levels`: callables `f(t, y, args)` (diffrax's vector-field signature), cheapest
+        first. One level is plain Euler-Maruyama.
+    - `y0`: the initial state, an array or a pytree of floating arrays. Leading batch
+        axes are the levels' business, or `vmap` `solve`.
+    - `t0`, `t1`: the time span; `t1 < t0` integrates backwards.
+    - `num_steps`: the number of equal steps, a positive Python int.
+    - `probabilities`: p_1..p_K, each in (0, 1], p_1 == 1, non-increasing under the
+        nested coupling. Required when K > 1.
+    - `diffusion`: `g(t, y, args)`, broadcasting against `y` leaf by leaf (diagonal or
+        scalar noise, applied as g * dW). None solves an ODE.
+    - `key`: PRNG key of the level draws; required when K > 1.
+    - `brownian`: a PRNG key (increments N(0, |dt|) from `fold_in(key, n)`) or a diffrax
+        `AbstractBrownianPath` (increments W(t_{n+1}) - W(t_n), shared across step
+        counts). Required exactly when `diffusion` is given.
+    - `args`: passed to every level and to `diffusion`.
+    - `coupling`: `"nested"` (default) or `"independent"`.
+    - `saveat`: None (final state), `"steps"` (every grid point, t0 included) or an
+        array of times on the grid.
+    - `costs`: cost of one evaluation of each level (e.g. FLOPs), shape (K,).
+
+    **Returns:**
+
+    A `Solution`.
+    """
+    levels = check_levels(levels)
+    check_coupling(coupling)
+    probabilities = check_probabilities(probabilities, len(levels), coupling)
+    num_steps = check_num_steps(num_steps)
+    check_times(t0, t1)
+    check_state(y0)
+    check_level_outputs(levels, t0, y0, args)
+    if len(levels) > 1 and key is None:
+        raise ValueError(
+            f"`key` (PRNG key of the level draws) is required with {len(levels)} levels, "
+            "got None."
+        )
+    if (diffusion is None) != (brownian is None):
+        raise ValueError(
+            "`diffusion` and `brownian` go together: pass both for an SDE or neither for "
+            f"an ODE; got diffusion={type(diffusion).__name__}, "
+            f"brownian={type(brownian).__name__}."
+        )
+    if diffusion is not None:
+        check_diffusion_output(diffusion, t0, y0, args)
+        noise = diagonal_noise(diffusion)
+        increments = brownian_increments(brownian, y0, t0, t1)
+    else:
+        noise = increments = None
+    if costs is not None:
+        costs = jnp.asarray(costs, dtype=float)
+        if costs.shape != (len(levels),):
+            raise ValueError(
+                f"`costs` must have shape ({len(levels)},), one per level, got {costs.shape}."
+            )
+    save = _save_indices(saveat, t0, t1, num_steps)
+    time_dtype = jnp.result_type(float)
+    ys, ts, evaluations = _scan(
+        levels, probabilities, noise, increments, coupling, y0,
+        jnp.asarray(t0, time_dtype), jnp.asarray(t1, time_dtype), num_steps, key, args,
+        save,
+    )
+    cost = None if costs is None else evaluations @ costs
+    return Solution(ys=ys, ts=ts, evaluations=evaluations, cost=cost)
