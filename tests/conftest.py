@@ -1,0 +1,30 @@
+import diffrax
+import jax
+import jax.numpy as jnp
+import pytest
+
+
+jax.config.update("jax_platforms", "cpu")
+
+
+def linear_levels(rates):
+    """Levels f^l(t, y) = -rate_l * y: cheap to run, with exact differences."""
+    return [lambda t, y, args, r=r: -r * y for r in rates]
+
+
+@pytest.fixture
+def levels3():
+    return linear_levels([1.0, 1.2, 1.3])
+
+
+def brownian_tree(key, t0, t1, shape, tol=2.0**-12):
+    return diffrax.VirtualBrownianTree(
+        min(t0, t1), max(t0, t1), tol=tol, shape=shape, key=key
+    )
+
+
+def assert_close(a, b, **kw):
+    kw.setdefault("rtol", 1e-5)
+    kw.setdefault("atol", 1e-6)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        assert jnp.allclose(x, y, **kw), (x, y)
