@@ -1,6 +1,5 @@
 """Measuring the levels: v_l, eps_l on given points, c_l in FLOPs and seconds, gamma."""
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -11,6 +10,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, Float, PyTree
 
+from ._timing import median_seconds
 from ._validation import check_levels
 
 
@@ -114,21 +114,13 @@ def level_costs(
     cannot fold them away.
     """
     levels = check_levels(levels)
-    if repeats < 1:
-        raise ValueError(f"`repeats` must be >= 1, got {repeats}.")
     flops, seconds = [], []
     for level in levels:
         dynamic, static = eqx.partition(level, eqx.is_array)
         run = jax.jit(lambda d, t, y, s=static: eqx.combine(d, s)(t, y, args))
         compiled = run.lower(dynamic, t, y).compile()
         flops.append(_flops(compiled))
-        jax.block_until_ready(compiled(dynamic, t, y))
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(compiled(dynamic, t, y))
-            times.append(time.perf_counter() - start)
-        seconds.append(float(np.median(times)))
+        seconds.append(median_seconds(compiled, dynamic, t, y, repeats=repeats))
     return LevelCosts(flops=np.asarray(flops), seconds=np.asarray(seconds))
 
 

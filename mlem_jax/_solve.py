@@ -68,28 +68,47 @@ def _save_indices(saveat: Any, t0: Any, t1: Any, num_steps: int) -> tuple[int, .
     return tuple(int(i) for i in indices)
 
 
+def grid_time(n: Any, t0: Any, t1: Any, num_steps: int) -> Any:
+    """t_n = t0 + n (t1 - t0) / N, exactly t1 at n = N (a Brownian path's end point)."""
+    return jnp.where(n == num_steps, t1, t0 + n * ((t1 - t0) / num_steps))
+
+
 @eqx.filter_jit
 def _scan(
-    levels, probabilities, noise, increments, coupling, y0, t0, t1, num_steps, key, args,
+    levels, probabilities, diffusion, brownian, coupling, y0, t0, t1, num_steps, key, args,
     save,
 ):
+    # Shape checks and closures live inside the jit: they run once per trace, and
+    # repeated eager calls hit the cache.
+    check_state(y0)
+    check_level_outputs(levels, t0, y0, args)
+    if diffusion is None:
+        noise = increments = None
+    else:
+        check_diffusion_output(diffusion, t0, y0, args)
+        noise = diagonal_noise(diffusion)
+        increments = brownian_increments(brownian, y0, t0, t1)
     step = build_step(levels, probabilities, noise=noise, coupling=coupling)
-    dt = (t1 - t0) / num_steps
 
-    def body(state, n):
-        t = t0 + n * dt
+    # The step index is carried rather than scanned over: on CPU, slicing it out of an
+    # `xs` array each step makes the loop several times slower for small states.
+    def body(carry, _):
+        n, state = carry
+        t = grid_time(n, t0, t1, num_steps)
+        dt = grid_time(n + 1, t0, t1, num_steps) - t
         dw = None if increments is None else increments(n, t, dt)
         step_key = None if key is None else jax.random.fold_in(key, n)
         state, _ = step(step_key, state, t, dt, dw, args)
-        return state, (state.y if save is not None else None)
+        return (n + 1, state), (state.y if save is not None else None)
 
-    final, trajectory = lax.scan(body, init(y0, len(levels)), jnp.arange(num_steps))
+    start = (jnp.asarray(0, jnp.int32), init(y0, len(levels)))
+    (_, final), trajectory = lax.scan(body, start, None, length=num_steps)
     if save is None:
         return final.y, t1, final.evaluations
     index = jnp.asarray(save)
     states = jtu.tree_map(lambda a, b: jnp.concatenate([a[None], b]), y0, trajectory)
     ys = jtu.tree_map(lambda s: s[index], states)
-    return ys, t0 + index * dt, final.evaluations
+    return ys, grid_time(index, t0, t1, num_steps), final.evaluations
 
 
 def solve(
@@ -147,8 +166,6 @@ def solve(
     probabilities = check_probabilities(probabilities, len(levels), coupling)
     num_steps = check_num_steps(num_steps)
     check_times(t0, t1)
-    check_state(y0)
-    check_level_outputs(levels, t0, y0, args)
     if len(levels) > 1 and key is None:
         raise ValueError(
             f"`key` (PRNG key of the level draws) is required with {len(levels)} levels, "
@@ -160,12 +177,6 @@ def solve(
             f"an ODE; got diffusion={type(diffusion).__name__}, "
             f"brownian={type(brownian).__name__}."
         )
-    if diffusion is not None:
-        check_diffusion_output(diffusion, t0, y0, args)
-        noise = diagonal_noise(diffusion)
-        increments = brownian_increments(brownian, y0, t0, t1)
-    else:
-        noise = increments = None
     if costs is not None:
         costs = jnp.asarray(costs, dtype=float)
         if costs.shape != (len(levels),):
@@ -175,7 +186,7 @@ def solve(
     save = _save_indices(saveat, t0, t1, num_steps)
     time_dtype = jnp.result_type(float)
     ys, ts, evaluations = _scan(
-        levels, probabilities, noise, increments, coupling, y0,
+        levels, probabilities, diffusion, brownian, coupling, y0,
         jnp.asarray(t0, time_dtype), jnp.asarray(t1, time_dtype), num_steps, key, args,
         save,
     )
