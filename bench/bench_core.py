@@ -1,15 +1,18 @@
-"""Core benchmarks, ratios measured side by side in one run (CPU or GPU).
+"""Core benchmarks: ratios measured side by side in one run (CPU or GPU).
 
 1. `solve` with one level vs a hand-written `lax.scan` EM (goal: <= 1.1x the time).
-2. `solve` vs `diffrax.diffeqsolve(..., Euler())` on the same SDE and Brownian path
-   (goal: >= 10x faster on small SDEs, never slower on large ones).
+2. `solve` vs `diffrax.diffeqsolve(..., Euler())` on the same SDE (goal: >= 10x faster
+   on small SDEs, never slower on large ones), jitted and eager, with the same
+   Brownian path and with each library's fastest noise.
 3. Skipping pays: ML-EM with MLP levels of growing width vs evaluating every level at
    every step; wall-clock speedup / FLOP speedup (goal: >= 0.8).
 
-Run: python bench/bench_core.py [--repeats 7]
+Run: python bench/bench_core.py [--repeats 7] [--json bench/results/core.json]
 """
 
 import argparse
+import json
+from pathlib import Path
 
 import diffrax
 import equinox as eqx
@@ -45,17 +48,21 @@ def diffusion(t, y, args):
     return SIGMA
 
 
+def diagonal_operator(t, y, args):
+    """Diagonal noise in diffrax >= 0.7 is a lineax operator, not a plain array."""
+    return lineax.DiagonalLinearOperator(jnp.full_like(y, SIGMA))
+
+
 def hand_written_em(drift, y0, num_steps, key):
     """EM as one would write it by hand: increments from fold_in(key, n)."""
     dt = T / num_steps
 
-    def body(y, n):
-        dw = jnp.sqrt(dt) * jax.random.normal(
-            jax.random.split(jax.random.fold_in(key, n), 1)[0], y.shape, y.dtype
-        )
-        return y + dt * drift(n * dt, y, None) + SIGMA * dw, None
+    def body(carry, _):
+        n, y = carry
+        dw = jnp.sqrt(dt) * jax.random.normal(jax.random.fold_in(key, n), y.shape, y.dtype)
+        return (n + 1, y + dt * drift(n * dt, y, None) + SIGMA * dw), None
 
-    return jax.lax.scan(body, y0, jnp.arange(num_steps))[0]
+    return jax.lax.scan(body, (0, y0), None, length=num_steps)[0][1]
 
 
 def ours(drift, y0, num_steps, brownian):
@@ -64,43 +71,58 @@ def ours(drift, y0, num_steps, brownian):
 
 
 def with_diffrax(drift, y0, num_steps, path):
-    """Diagonal noise in diffrax >= 0.7 is a lineax operator, not a plain array."""
-    noise = diffrax.ControlTerm(
-        lambda t, y, a: lineax.DiagonalLinearOperator(jnp.full_like(y, SIGMA)), path
-    )
-    terms = diffrax.MultiTerm(diffrax.ODETerm(drift), noise)
+    terms = diffrax.MultiTerm(diffrax.ODETerm(drift),
+                              diffrax.ControlTerm(diagonal_operator, path))
+    adjoint = (diffrax.ForwardMode() if isinstance(path, diffrax.UnsafeBrownianPath)
+               else diffrax.RecursiveCheckpointAdjoint())
     return diffrax.diffeqsolve(terms, diffrax.Euler(), 0.0, T, T / num_steps, y0,
-                               saveat=diffrax.SaveAt(t1=True), adjoint=diffrax.ForwardMode()).ys[0]
+                               adjoint=adjoint).ys[0]
 
 
-def ratio_row(name, baseline_name, ours_seconds, baseline_seconds):
-    print(f"  {name:<44} {ours_seconds * 1e3:9.2f} ms   {baseline_name:<22} "
-          f"{baseline_seconds * 1e3:9.2f} ms   ratio {ours_seconds / baseline_seconds:6.2f}x")
+def compare(label, mine, baseline, y0, repeats):
+    """Time two functions of y0 side by side; print and return the ratio."""
+    t_mine, t_base = mlem_jax.interleaved_median_seconds([mine, baseline], y0,
+                                                         repeats=repeats)
+    print(f"  {label:<62} {t_mine * 1e3:8.2f} ms vs {t_base * 1e3:8.2f} ms   "
+          f"ratio {t_mine / t_base:5.2f}x")
+    return dict(ours_ms=t_mine * 1e3, baseline_ms=t_base * 1e3, ratio=t_mine / t_base)
 
 
 def bench_loop_overhead(problems, repeats):
-    print("1. solve (one level) vs hand-written lax.scan EM (goal <= 1.1x):")
+    print("1. solve (one level) / hand-written lax.scan EM, jitted (goal <= 1.1x):")
+    results = {}
     for name, drift, y0, num_steps in problems:
         key = jax.random.key(1)
         mine = jax.jit(lambda y: ours(drift, y, num_steps, key))
         hand = jax.jit(lambda y: hand_written_em(drift, y, num_steps, key))
-        ratio_row(f"{name}: solve", "hand-written scan",
-                  mlem_jax.median_seconds(mine, y0, repeats=repeats),
-                  mlem_jax.median_seconds(hand, y0, repeats=repeats))
+        assert jnp.allclose(mine(y0), hand(y0), rtol=1e-4, atol=1e-5)
+        results[name] = compare(name, mine, hand, y0, repeats)
+    return results
 
 
 def bench_diffrax(problems, repeats):
-    print("2. solve vs diffrax.diffeqsolve(Euler()), same UnsafeBrownianPath "
-          "(goal: ours >= 10x faster on small, never slower on large):")
+    print("2. solve / diffrax.diffeqsolve(Euler()) (goal: <= 0.1x on small, <= 1x on "
+          "large):")
+    results = {}
     for name, drift, y0, num_steps in problems:
-        path = diffrax.UnsafeBrownianPath(shape=y0.shape, key=jax.random.key(2))
-        mine = jax.jit(lambda y: ours(drift, y, num_steps, path))
-        theirs = jax.jit(lambda y: with_diffrax(drift, y, num_steps, path))
-        assert jnp.allclose(mine(y0), theirs(y0), rtol=1e-4, atol=1e-5)
-        t_mine = mlem_jax.median_seconds(mine, y0, repeats=repeats)
-        t_theirs = mlem_jax.median_seconds(theirs, y0, repeats=repeats)
-        ratio_row(f"{name}: solve", "diffrax Euler", t_mine, t_theirs)
-        print(f"  {'':<44} ours is {t_theirs / t_mine:.1f}x faster")
+        unsafe = diffrax.UnsafeBrownianPath(shape=y0.shape, key=jax.random.key(2))
+        tree = diffrax.VirtualBrownianTree(0.0, T, tol=T / num_steps / 8, shape=y0.shape,
+                                           key=jax.random.key(2))
+        cases = {
+            "same UnsafeBrownianPath, jitted": (unsafe, unsafe, jax.jit),
+            "same UnsafeBrownianPath, eager calls": (unsafe, unsafe, lambda f: f),
+            "same VirtualBrownianTree, jitted": (tree, tree, jax.jit),
+            "ours key-drawn noise vs diffrax UnsafeBrownianPath, jitted":
+                (jax.random.key(2), unsafe, jax.jit),
+        }
+        for case, (our_noise, their_noise, wrap) in cases.items():
+            mine = wrap(lambda y, b=our_noise: ours(drift, y, num_steps, b))
+            theirs = wrap(lambda y, b=their_noise: with_diffrax(drift, y, num_steps, b))
+            if our_noise is their_noise:
+                assert jnp.allclose(mine(y0), theirs(y0), rtol=1e-4, atol=1e-5)
+            results[f"{name}; {case}"] = compare(f"{name}; {case}", mine, theirs, y0,
+                                                 repeats)
+    return results
 
 
 def bench_skipping(repeats):
@@ -121,8 +143,11 @@ def bench_skipping(repeats):
           f"p = {np.round(p, 3).tolist()}")
     print(f"  one evaluation: MFLOPs {np.round(costs.flops / 1e6, 2).tolist()}, "
           f"ms {np.round(costs.seconds * 1e3, 3).tolist()}")
-    for kind, noise in (("ODE", {}), ("SDE", dict(diffusion=diffusion,
-                                                  brownian=jax.random.key(7)))):
+    results = dict(widths=widths, batch=batch, num_steps=num_steps, probabilities=p.tolist(),
+                   flops_per_evaluation=costs.flops.tolist(),
+                   seconds_per_evaluation=costs.seconds.tolist())
+    noises = {"ODE": {}, "SDE": dict(diffusion=diffusion, brownian=jax.random.key(7))}
+    for kind, noise in noises.items():
         def run(probabilities, noise=noise):
             return jax.jit(lambda y: mlem_jax.solve(
                 levels, y, 0.0, T, num_steps, probabilities=probabilities,
@@ -130,31 +155,45 @@ def bench_skipping(repeats):
 
         every, mlem = run(jnp.ones(len(levels))), run(jnp.asarray(p))
         flop_speedup = float(every(y0).cost / mlem(y0).cost)
-        t_every = mlem_jax.median_seconds(every, y0, repeats=repeats)
-        t_mlem = mlem_jax.median_seconds(mlem, y0, repeats=repeats)
-        # What the evaluations cost, timed level by level: the rest is loop and noise.
+        t_every, t_mlem = mlem_jax.interleaved_median_seconds([every, mlem], y0,
+                                                              repeats=repeats)
         evaluations = np.asarray(mlem(y0).evaluations)
-        level_time = float(evaluations @ costs.seconds)
-        print(f"  {kind}: evaluations per level {evaluations.tolist()}; "
-              f"FLOP speedup {flop_speedup:.2f}x, wall-clock speedup "
-              f"{t_every / t_mlem:.2f}x, ratio {t_every / t_mlem / flop_speedup:.2f}")
-        print(f"       ML-EM {t_mlem * 1e3:.1f} ms, of which the evaluations it made, "
-              f"timed one by one, take {level_time * 1e3:.1f} ms; every level "
-              f"{t_every * 1e3:.1f} ms")
+        # The evaluations ML-EM made, timed level by level: the rest is loop and noise.
+        level_seconds = float(evaluations @ costs.seconds)
+        results[kind] = dict(
+            evaluations=evaluations.tolist(), flop_speedup=flop_speedup,
+            wallclock_speedup=t_every / t_mlem,
+            ratio=t_every / t_mlem / flop_speedup, mlem_ms=t_mlem * 1e3,
+            every_level_ms=t_every * 1e3, evaluations_timed_alone_ms=level_seconds * 1e3,
+        )
+        print(f"  {kind}: evaluations per level {evaluations.tolist()}; FLOP speedup "
+              f"{flop_speedup:.2f}x, wall-clock speedup {t_every / t_mlem:.2f}x, ratio "
+              f"{t_every / t_mlem / flop_speedup:.2f}")
+        print(f"       ML-EM {t_mlem * 1e3:.1f} ms (its evaluations timed one by one: "
+              f"{level_seconds * 1e3:.1f} ms); every level {t_every * 1e3:.1f} ms")
+    return results
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    repeats = parser.parse_args().repeats
-    print(f"device: {jax.devices()[0].platform}")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    arguments = parser.parse_args()
+    device = jax.devices()[0]
+    print(f"device: {device.platform} ({device.device_kind})")
     small = ("8-dim sine SDE, 1000 steps", sine_drift, jnp.ones(8), 1000)
-    mlp = BatchMLP(16, 256, jax.random.key(0))
-    large = ("MLP drift (width 256) on batch 256x16, 200 steps", mlp,
+    large = ("MLP drift (width 256), batch 256x16, 200 steps",
+             BatchMLP(16, 256, jax.random.key(0)),
              jax.random.normal(jax.random.key(8), (256, 16)), 200)
-    bench_loop_overhead([small, large], repeats)
-    bench_diffrax([small, large], repeats)
-    bench_skipping(repeats)
+    results = dict(
+        device=f"{device.platform} ({device.device_kind})", repeats=arguments.repeats,
+        loop_overhead=bench_loop_overhead([small, large], arguments.repeats),
+        versus_diffrax=bench_diffrax([small, large], arguments.repeats),
+        skipping=bench_skipping(arguments.repeats),
+    )
+    if arguments.json:
+        arguments.json.parent.mkdir(parents=True, exist_ok=True)
+        arguments.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 
-from ._validation import _describe
+from ._validation import describe
 
 
 BrownianIncrements = Callable[[Int[Array, ""], Any, Any], PyTree]
@@ -35,7 +35,8 @@ def key_increments(key: PRNGKeyArray, y0: PyTree) -> BrownianIncrements:
     leaves, treedef = jtu.tree_flatten(y0)
 
     def increments(n, t, dt):
-        keys = jax.random.split(jax.random.fold_in(key, n), len(leaves))
+        step_key = jax.random.fold_in(key, n)
+        keys = [step_key] if len(leaves) == 1 else jax.random.split(step_key, len(leaves))
         scale = jnp.sqrt(jnp.abs(dt))
         draws = [
             (scale * jax.random.normal(k, jnp.shape(x), jnp.result_type(x))).astype(
@@ -59,8 +60,8 @@ def path_increments(
     ):
         raise ValueError(
             "`brownian` must be a diffrax Brownian path of the shape of `y0` "
-            f"({_describe(expected)}) for diagonal noise, got increments of shape "
-            f"{_describe(given)}."
+            f"({describe(expected)}) for diagonal noise, got increments of shape "
+            f"{describe(given)}."
         )
 
     def increments(n, t, dt):

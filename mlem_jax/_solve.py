@@ -93,22 +93,42 @@ def _scan(
     # The step index is carried rather than scanned over: on CPU, slicing it out of an
     # `xs` array each step makes the loop several times slower for small states.
     def body(carry, _):
-        n, state = carry
+        n, state, saved = carry
         t = grid_time(n, t0, t1, num_steps)
         dt = grid_time(n + 1, t0, t1, num_steps) - t
         dw = None if increments is None else increments(n, t, dt)
         step_key = None if key is None else jax.random.fold_in(key, n)
         state, _ = step(step_key, state, t, dt, dw, args)
-        return (n + 1, state), (state.y if save is not None else None)
+        if save is not None:
+            saved = _store(saved, slots, n + 1, state.y)
+        return (n + 1, state, saved), None
 
-    start = (jnp.asarray(0, jnp.int32), init(y0, len(levels)))
-    (_, final), trajectory = lax.scan(body, start, None, length=num_steps)
+    if save is None:
+        saved = slots = None
+    else:
+        unique, order = np.unique(save, return_inverse=True)
+        slots = np.full(num_steps + 1, -1, np.int32)
+        slots[unique] = np.arange(len(unique))
+        slots = jnp.asarray(slots)
+        saved = jtu.tree_map(lambda x: jnp.zeros((len(unique),) + x.shape, x.dtype), y0)
+        saved = _store(saved, slots, 0, y0)
+    start = (jnp.asarray(0, jnp.int32), init(y0, len(levels)), saved)
+    (_, final, saved), _ = lax.scan(body, start, None, length=num_steps)
     if save is None:
         return final.y, t1, final.evaluations
-    index = jnp.asarray(save)
-    states = jtu.tree_map(lambda a, b: jnp.concatenate([a[None], b]), y0, trajectory)
-    ys = jtu.tree_map(lambda s: s[index], states)
-    return ys, grid_time(index, t0, t1, num_steps), final.evaluations
+    ys = jtu.tree_map(lambda b: b[order], saved)
+    return ys, grid_time(jnp.asarray(save), t0, t1, num_steps), final.evaluations
+
+
+def _store(saved: PyTree, slots: Int[Array, " N+1"], n: Any, y: PyTree) -> PyTree:
+    """Write y into its slot if grid point n is saved: memory O(number of save times)."""
+    slot = slots[n]
+    return lax.cond(
+        slot >= 0,
+        lambda s: jtu.tree_map(lambda b, x: lax.dynamic_update_index_in_dim(b, x, slot, 0), s, y),
+        lambda s: s,
+        saved,
+    )
 
 
 def solve(

@@ -84,7 +84,8 @@ def check_state(y0: Any) -> None:
             )
 
 
-def _describe(tree: Any) -> str:
+def describe(tree: Any) -> str:
+    """Shapes and dtypes of a pytree, for error messages."""
     return str(jtu.tree_map(lambda x: f"{x.dtype}{list(x.shape)}", tree))
 
 
@@ -103,7 +104,7 @@ def check_level_outputs(
         if not same:
             raise ValueError(
                 f"`levels[{index}]` must return the structure, shapes and dtypes of `y0` "
-                f"({_describe(expected)}), got {_describe(out)}."
+                f"({describe(expected)}), got {describe(out)}."
             )
 
 
@@ -116,7 +117,7 @@ def check_diffusion_output(
     if jtu.tree_structure(out) != jtu.tree_structure(expected):
         raise ValueError(
             "`diffusion(t, y, args)` must return the pytree structure of `y0` "
-            f"({_describe(expected)}), got {_describe(out)}."
+            f"({describe(expected)}), got {describe(out)}."
         )
     for g, y in zip(jtu.tree_leaves(out), jtu.tree_leaves(expected)):
         try:

@@ -96,8 +96,9 @@ def test_saveat_steps_and_grid_times():
     every = mlem_jax.solve(f, jnp.array(1.0), 0.0, 1.0, 4, saveat="steps")
     assert_close(every.ys, 0.75 ** jnp.arange(5.0))
     assert_close(every.ts, jnp.linspace(0.0, 1.0, 5))
-    some = mlem_jax.solve(f, jnp.array(1.0), 0.0, 1.0, 4, saveat=[0.5, 1.0])
-    assert_close(some.ys, every.ys[jnp.array([2, 4])])
+    some = mlem_jax.solve(f, jnp.array(1.0), 0.0, 1.0, 4, saveat=[1.0, 0.5, 0.5])
+    assert_close(some.ys, every.ys[jnp.array([4, 2, 2])])
+    assert_close(some.ts, jnp.array([1.0, 0.5, 0.5]))
     with pytest.raises(ValueError, match="saveat"):
         mlem_jax.solve(f, jnp.array(1.0), 0.0, 1.0, 4, saveat=[0.3])
 
