@@ -21,11 +21,12 @@ def scaled_diffusion(t, y, args):
 
 def hand_written_em(f, g, y0, t0, t1, num_steps, path):
     """Euler-Maruyama with a Python loop, increments read off `path`."""
-    dt = (t1 - t0) / num_steps
+    n = jnp.arange(num_steps + 1)
+    ts = jnp.where(n == num_steps, t1, t0 + n * ((t1 - t0) / num_steps))
+    increments = jax.jit(jax.vmap(path.evaluate))(ts[:-1], ts[1:])
     y = y0
-    for n in range(num_steps):
-        t = t0 + n * dt
-        y = y + dt * f(t, y, None) + g(t, y, None) * path.evaluate(t, t + dt)
+    for t, t_next, dw in zip(ts[:-1], ts[1:], increments):
+        y = y + (t_next - t) * f(t, y, None) + g(t, y, None) * dw
     return y
 
 
