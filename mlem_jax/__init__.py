@@ -1,6 +1,7 @@
 """mlem-jax: the Multilevel Euler-Maruyama method in JAX."""
 
 from ._calibrate import LevelCosts, LevelStatistics, fit_gamma, level_costs, level_statistics
+from ._diffrax import MLEM, MLEMSolverState, MultilevelTerm, evaluations
 from ._levels import draw_levels, levels_to_evaluate, multilevel_drift
 from ._probabilities import correction_costs, optimal_probabilities
 from ._solve import Solution, solve
@@ -11,14 +12,18 @@ from ._synthetic import RandomFeatureDrift, random_feature_drift, random_feature
 __all__ = [
     "LevelCosts",
     "LevelStatistics",
+    "MLEM",
     "MLEMInfo",
+    "MLEMSolverState",
     "MLEMState",
+    "MultilevelTerm",
     "RandomFeatureDrift",
     "Solution",
     "build_step",
     "correction_costs",
     "diagonal_noise",
     "draw_levels",
+    "evaluations",
     "fit_gamma",
     "init",
     "level_costs",

@@ -1,0 +1,360 @@
+"""ML-EM as a diffrax solver: `MultilevelTerm` for the drift, `MLEM` for the steps.
+
+Switching from Euler-Maruyama in diffrax takes two lines:
+
+```python
+drift = mlem_jax.MultilevelTerm(levels, probabilities)  # was diffrax.ODETerm(f)
+terms = diffrax.MultiTerm(drift, diffrax.ControlTerm(g, brownian_path))
+sol = diffrax.diffeqsolve(terms, mlem_jax.MLEM(key), t0, t1, dt0, y0)  # was Euler()
+```
+
+The step is the core's `build_step`, not a copy of it: with the same key and Brownian
+path, `diffeqsolve(..., MLEM(key), ...)` and `mlem_jax.solve` take the same steps.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, NamedTuple
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from diffrax._term import AdjointTerm, WrapTerm
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+
+from ._step import MLEMState, build_step
+from ._validation import (
+    check_coupling,
+    check_level_outputs,
+    check_levels,
+    check_probabilities,
+)
+
+
+class MultilevelTerm(diffrax.AbstractTerm):
+    r"""The drift $f\,\mathrm{d}t$ of an SDE or ODE, given as levels $f^1, ..., f^K$.
+
+    `MLEM` replaces $f$ at each step by the unbiased estimate
+    $F_n = f^1 + \sum_{l \ge 2} (B_{n,l} / p_l) (f^l - f^{l-1})$ with
+    $P(B_{n,l} = 1) = p_l$, so $E[F_n] = f^K$.
+
+    Any other diffrax solver sees this term as `ODETerm(levels[-1])`: the top level,
+    which is what the estimate is unbiased for. So `diffrax.Euler()` on the same terms
+    is the Euler-Maruyama baseline.
+    """
+
+    levels: tuple[Callable, ...]
+    probabilities: Float[Array, " K"] | None
+    coupling: str = eqx.field(static=True)
+
+    def __init__(
+        self,
+        levels: Sequence[Callable],
+        probabilities: Any = None,
+        *,
+        coupling: str = "nested",
+    ):
+        """**Arguments:**
+
+        - `levels`: callables `f(t, y, args)` (the vector-field signature of
+            `diffrax.ODETerm`), cheapest first, each returning the structure, shapes and
+            dtypes of `y`. Equinox modules work as they are.
+        - `probabilities`: p_1..p_K, each in (0, 1], p_1 == 1, non-increasing under
+            the nested coupling. Required when K > 1. See
+            `mlem_jax.optimal_probabilities`.
+        - `coupling`: `"nested"` (one uniform per step; the levels evaluated are
+            1..L) or `"independent"` (each correction drawn on its own).
+        """
+        self.levels = check_levels(levels)
+        check_coupling(coupling)
+        self.coupling = coupling
+        self.probabilities = check_probabilities(probabilities, len(self.levels), coupling)
+
+    def vf(self, t: Any, y: PyTree, args: Any) -> PyTree:
+        """The top level f^K(t, y, args), the mean of ML-EM's drift estimate."""
+        return self.levels[-1](t, y, args)
+
+    def contr(self, t0: Any, t1: Any, **kwargs) -> Any:
+        """The control of a drift: the time step t1 - t0, as for `diffrax.ODETerm`."""
+        return t1 - t0
+
+    def prod(self, vf: PyTree, control: Any) -> PyTree:
+        """The vector field times the time step."""
+        return jtu.tree_map(lambda v: (control * v).astype(v.dtype), vf)
+
+
+class MLEMSolverState(NamedTuple):
+    """The state `MLEM` carries between steps.
+
+    - `num_steps`: int scalar, the number of steps made so far; step n draws its levels
+        from `jax.random.fold_in(key, n)`.
+    - `evaluations`: int array (K,), at how many steps each level was evaluated.
+
+    Read it after a solve with `diffeqsolve(..., saveat=SaveAt(..., solver_state=True))`
+    and `mlem_jax.evaluations(sol)`.
+    """
+
+    num_steps: Int[Array, ""]
+    evaluations: Int[Array, " K"]
+
+
+class _NotAdaptive:
+    """Stands in for `MLEM`'s (error) order: using it in arithmetic raises.
+
+    Adaptive step-size controllers compute with the solver's error order, constant
+    ones ignore it, so this refuses exactly the adaptive ones, at trace time.
+    """
+
+    message = (
+        "`mlem_jax.MLEM` cannot be used with an adaptive step-size controller such as "
+        "`diffrax.PIDController` (nor wrapped in `diffrax.HalfSolver`): its drift "
+        "estimate is random, so an error estimate would mostly measure the "
+        "randomisation noise and reject good steps. Use a constant step instead: "
+        "`diffeqsolve(..., dt0=...)` with the default `ConstantStepSize()`, or "
+        "`stepsize_controller=diffrax.StepTo(ts=...)`."
+    )
+
+    def __repr__(self) -> str:
+        return "<MLEM has no error estimate: constant steps only>"
+
+    def _refuse(self, *_):
+        raise ValueError(self.message)
+
+    __add__ = __radd__ = __sub__ = __rsub__ = _refuse
+    __mul__ = __rmul__ = __truediv__ = __rtruediv__ = __pow__ = __rpow__ = _refuse
+    __lt__ = __le__ = __gt__ = __ge__ = __float__ = __bool__ = __jax_array__ = _refuse
+
+
+_NOT_ADAPTIVE = _NotAdaptive()
+
+
+class _Parsed(NamedTuple):
+    drift: diffrax.AbstractTerm  # the MultilevelTerm, with diffrax's wrappers on
+    multilevel: MultilevelTerm
+    direction: Any
+    others: tuple[diffrax.AbstractTerm, ...]
+
+
+def _flatten(terms: Any) -> list:
+    if isinstance(terms, diffrax.MultiTerm):
+        return [leaf for term in terms.terms for leaf in _flatten(term)]
+    return [terms]
+
+
+def _unwrap(term: Any) -> tuple[Any, Any]:
+    """Peel off diffrax's `WrapTerm`s (the direction of time); refuse `AdjointTerm`."""
+    direction = 1
+    while True:
+        if isinstance(term, WrapTerm):
+            direction = direction * term.direction
+            term = term.term
+        elif isinstance(term, AdjointTerm):
+            raise ValueError(
+                "`mlem_jax.MLEM` does not support `adjoint=diffrax.BacksolveAdjoint()`: "
+                "the backward solve would redraw the levels and differentiate a "
+                "different random drift than the forward solve used. Use the default "
+                "`diffrax.RecursiveCheckpointAdjoint()`, or `diffrax.DirectAdjoint()` / "
+                "`diffrax.ForwardMode()`."
+            )
+        else:
+            return term, direction
+
+
+def _parse_terms(terms: Any) -> _Parsed:
+    parts = _flatten(terms)
+    found = [
+        index for index, part in enumerate(parts)
+        if isinstance(_unwrap(part)[0], MultilevelTerm)
+    ]
+    if len(found) != 1:
+        got = ", ".join(type(_unwrap(part)[0]).__name__ for part in parts)
+        raise TypeError(
+            "`mlem_jax.MLEM` needs exactly one `mlem_jax.MultilevelTerm` (the drift) in "
+            f"`terms`, got {len(found)} among the terms [{got}]. Use "
+            "`terms=MultilevelTerm(levels, probabilities)` for an ODE, or "
+            "`terms=diffrax.MultiTerm(MultilevelTerm(levels, probabilities), "
+            "diffrax.ControlTerm(g, brownian_path))` for an SDE; replace "
+            "`diffrax.ODETerm(f)` by the `MultilevelTerm`."
+        )
+    [index] = found
+    multilevel, direction = _unwrap(parts[index])
+    others = tuple(part for i, part in enumerate(parts) if i != index)
+    return _Parsed(parts[index], multilevel, direction, others)
+
+
+def _time_mapped(level: Callable, direction: Any) -> Callable:
+    """`level` called with the user's time when diffrax hands over t * direction."""
+    if isinstance(direction, int) and direction == 1:
+        return level
+    return lambda t, y, args: level(t * direction, y, args)
+
+
+def _sum_terms(*values: PyTree) -> PyTree:
+    return jtu.tree_map(lambda *v: sum(v[1:], v[0]), *values)
+
+
+class MLEM(diffrax.AbstractItoSolver):
+    """The Multilevel Euler-Maruyama method as a diffrax solver.
+
+    Pass the drift as a `mlem_jax.MultilevelTerm`, alone (ODE) or in a
+    `diffrax.MultiTerm` with the noise (e.g. `diffrax.ControlTerm(g, brownian_path)`).
+    Each step is `mlem_jax.build_step`: X_{n+1} = X_n + dt F_n + (other terms at t_n),
+    with F_n the unbiased multilevel drift estimate, whose levels are drawn from
+    `jax.random.fold_in(key, n)` at step n. With the same key and Brownian path this is
+    exactly `mlem_jax.solve`; with every p_l = 1 it is `diffrax.Euler()` on the top
+    level. Terms other than the `MultilevelTerm` are stepped as by `diffrax.Euler()`.
+
+    **Batches:** keep `key` unbatched when you `vmap` over initial conditions (or the
+    Brownian path): the draws are then shared by the whole batch, each level sits in a
+    `lax.cond` on an unbatched predicate, and a level that is not drawn is really
+    skipped. A batched key turns the `cond` into a `select` that evaluates every level.
+
+    **Step sizes:** constant only (`dt0` with `ConstantStepSize`, or `StepTo`). The
+    drift estimate is random, so there is no error estimate: adaptive controllers
+    (`PIDController`, `HalfSolver`) are refused with an error at trace time.
+
+    **Evaluations:** `saveat=diffrax.SaveAt(..., solver_state=True)`, then
+    `mlem_jax.evaluations(sol)` gives how many times each level was evaluated.
+
+    **Adjoints:** the default `RecursiveCheckpointAdjoint` (with a
+    `VirtualBrownianTree`), `DirectAdjoint` or `ForwardMode` (required by diffrax with
+    `UnsafeBrownianPath`). `BacksolveAdjoint` is refused.
+    """
+
+    key: PRNGKeyArray | None = None
+
+    term_structure: ClassVar = diffrax.AbstractTerm
+    interpolation_cls: ClassVar[Callable[..., diffrax.LocalLinearInterpolation]] = (
+        diffrax.LocalLinearInterpolation
+    )
+
+    def order(self, terms: PyTree[diffrax.AbstractTerm]) -> Any:
+        """No deterministic order: returns a marker refusing adaptive step sizes."""
+        return _NOT_ADAPTIVE
+
+    def strong_order(self, terms: PyTree[diffrax.AbstractTerm]) -> Any:
+        """No deterministic order: returns a marker refusing adaptive step sizes."""
+        return _NOT_ADAPTIVE
+
+    def error_order(self, terms: PyTree[diffrax.AbstractTerm]) -> Any:
+        """No error estimate: returns a marker that raises if an adaptive step-size
+        controller uses it (constant step-size controllers ignore it)."""
+        return _NOT_ADAPTIVE
+
+    def _check_key(self, term: MultilevelTerm) -> None:
+        if len(term.levels) > 1 and self.key is None:
+            raise ValueError(
+                f"`mlem_jax.MLEM(key)` needs a PRNG key to draw the levels of the "
+                f"`MultilevelTerm` ({len(term.levels)} levels), got None. Pass e.g. "
+                "`MLEM(jax.random.key(0))`; keep it unbatched under `vmap`."
+            )
+
+    def init(
+        self,
+        terms: PyTree[diffrax.AbstractTerm],
+        t0: Any,
+        t1: Any,
+        y0: PyTree,
+        args: Any,
+    ) -> MLEMSolverState:
+        """Check `terms` against `y0` and start the counters at zero.
+
+        **Arguments:** as `diffrax.AbstractSolver.init`.
+
+        **Returns:**
+
+        `MLEMSolverState(num_steps=0, evaluations=zeros(K))`.
+        """
+        parsed = _parse_terms(terms)
+        self._check_key(parsed.multilevel)
+        levels = parsed.multilevel.levels
+        time_levels = [_time_mapped(level, parsed.direction) for level in levels]
+        check_level_outputs(time_levels, t0, y0, args)
+        return MLEMSolverState(
+            num_steps=jnp.zeros((), jnp.int32),
+            evaluations=jnp.zeros(len(levels), jnp.int32),
+        )
+
+    def step(
+        self,
+        terms: PyTree[diffrax.AbstractTerm],
+        t0: Any,
+        t1: Any,
+        y0: PyTree,
+        args: Any,
+        solver_state: MLEMSolverState,
+        made_jump: Any,
+    ) -> tuple[PyTree, PyTree, dict, MLEMSolverState, diffrax.RESULTS]:
+        """One ML-EM step over [t0, t1], by the core's `build_step`.
+
+        **Arguments:** as `diffrax.AbstractSolver.step`.
+
+        **Returns:**
+
+        `(y1, y_error, dense_info, solver_state, result)`. `y_error` is infinite: there
+        is no error estimate (see the class docstring).
+        """
+        del made_jump
+        parsed = _parse_terms(terms)
+        term = parsed.multilevel
+        self._check_key(term)
+        levels = [_time_mapped(level, parsed.direction) for level in term.levels]
+        others = parsed.others
+        if others:
+
+            def noise(t, y, args, dw):
+                return _sum_terms(
+                    *(other.vf_prod(t, y, args, w) for other, w in zip(others, dw))
+                )
+
+            dw = tuple(other.contr(t0, t1) for other in others)
+        else:
+            noise = dw = None
+        step = build_step(levels, term.probabilities, noise=noise, coupling=term.coupling)
+        dt = parsed.drift.contr(t0, t1)  # the signed time step: negative in reverse time
+        key = None
+        if self.key is not None:
+            key = jax.random.fold_in(self.key, solver_state.num_steps)
+        state, _ = step(key, MLEMState(y0, solver_state.evaluations), t0, dt, dw, args)
+        y1 = state.y
+        y_error = jtu.tree_map(lambda y: jnp.full_like(y, jnp.inf), y1)
+        dense_info = dict(y0=y0, y1=y1)
+        new_state = MLEMSolverState(solver_state.num_steps + 1, state.evaluations)
+        return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
+
+    def func(
+        self, terms: PyTree[diffrax.AbstractTerm], t0: Any, y0: PyTree, args: Any
+    ) -> Any:
+        """The vector fields at a point, the drift being the top level f^K."""
+        return terms.vf(t0, y0, args)
+
+
+MLEM.__init__.__doc__ = """**Arguments:**
+
+- `key`: PRNG key of the level draws; step n uses `jax.random.fold_in(key, n)`. Required
+    when the `MultilevelTerm` has more than one level. Keep it unbatched under `vmap`.
+"""
+
+
+def evaluations(solution: diffrax.Solution) -> Int[Array, "*batch K"]:
+    """How many times each level was evaluated in a `diffeqsolve` with `MLEM`.
+
+    **Arguments:**
+
+    - `solution`: the result of `diffrax.diffeqsolve(..., solver=mlem_jax.MLEM(key),
+        saveat=diffrax.SaveAt(..., solver_state=True))`.
+
+    **Returns:**
+
+    An int array (K,) (with the batch axes of a `vmap`ped solve in front): the number of
+    steps at which each level was evaluated.
+    """
+    state = solution.solver_state
+    if not isinstance(state, MLEMSolverState):
+        raise ValueError(
+            "`mlem_jax.evaluations` reads the level counts from `sol.solver_state`, "
+            f"which is {type(state).__name__}. Solve with `solver=mlem_jax.MLEM(key)` "
+            "and `saveat=diffrax.SaveAt(..., solver_state=True)`."
+        )
+    return state.evaluations
