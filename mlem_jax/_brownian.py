@@ -65,8 +65,10 @@ def path_increments(
         )
 
     def increments(n, t, dt):
-        dw = path.evaluate(t, t + dt)
-        return jtu.tree_map(lambda w, x: w.astype(x.dtype), dw, y0)
+        # Ask for the increment forwards in time and flip its sign in reverse time:
+        # paths such as UnsafeBrownianPath take sqrt(t1 - t0).
+        dw = path.evaluate(jnp.minimum(t, t + dt), jnp.maximum(t, t + dt))
+        return jtu.tree_map(lambda w, x: (jnp.sign(dt) * w).astype(x.dtype), dw, y0)
 
     return increments
 

@@ -199,8 +199,9 @@ def test_solve_under_outer_jit_with_traced_times_and_probabilities(levels3):
     assert_close(run(2.0, jnp.array([1.0, 0.5, 0.5])), eager.ys)
 
 
-def test_diffrax_unsafe_brownian_path_is_accepted():
-    path = diffrax.UnsafeBrownianPath(shape=(3,), key=jax.random.key(0))
-    sol = mlem_jax.solve([sine_drift], jnp.zeros(3), 0.0, 1.0, 10,
-                         diffusion=scaled_diffusion, brownian=path)
-    assert sol.ys.shape == (3,) and jnp.all(jnp.isfinite(sol.ys))
+@pytest.mark.parametrize("t0, t1", [(0.0, 1.0), (1.0, 0.0)])
+def test_diffrax_unsafe_brownian_path_gives_increments_of_variance_dt(t0, t1):
+    path = diffrax.UnsafeBrownianPath(shape=(20_000,), key=jax.random.key(0))
+    sol = mlem_jax.solve([lambda t, y, a: jnp.zeros_like(y)], jnp.zeros(20_000), t0, t1,
+                         10, diffusion=lambda t, y, a: 1.0, brownian=path)
+    assert abs(float(jnp.var(sol.ys)) - 1.0) < 5 * np.sqrt(2 / 20_000)
