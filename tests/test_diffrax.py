@@ -1,8 +1,5 @@
 """`MLEM` in `diffrax.diffeqsolve`: agreement with `solve` and `Euler`, and refusals."""
 
-import pathlib
-import re
-
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -12,9 +9,6 @@ import pytest
 from conftest import assert_close, brownian_tree
 
 import mlem_jax
-
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def drift(t, y, args):
@@ -399,21 +393,3 @@ def test_evaluations_needs_the_solver_state():
     sol = ode_solve(jax.random.key(0))
     with pytest.raises(ValueError, match=r"solver_state=True"):
         mlem_jax.evaluations(sol)
-
-
-# The README example runs as written.
-
-
-def readme_example() -> str:
-    heading = "## Using ML-EM from diffrax"
-    for path in (ROOT / "README.md", ROOT / "docs" / "readme_diffrax.md"):
-        if path.exists() and heading in (text := path.read_text()):
-            section = text.split(heading, 1)[1]
-            match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-            assert match, f"no ```python block under {heading!r} in {path}"
-            return match.group(1)
-    raise AssertionError(f"no {heading!r} section in README.md or docs/readme_diffrax.md")
-
-
-def test_readme_example_runs():
-    exec(compile(readme_example(), "readme_diffrax", "exec"), {})
