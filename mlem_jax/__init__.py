@@ -2,8 +2,10 @@
 
 from ._calibrate import LevelCosts, LevelStatistics, fit_gamma, level_costs, level_statistics
 from ._diffrax import MLEM, MLEMSolverState, MultilevelTerm, evaluations
+from ._frontier import cost_to_reach, frontier_slope, pareto_frontier
 from ._levels import draw_levels, levels_to_evaluate, multilevel_drift
 from ._probabilities import correction_costs, optimal_probabilities
+from ._sampled_path import SampledBrownianPath, sample_brownian_path
 from ._solve import Solution, solve
 from ._step import MLEMInfo, MLEMState, build_step, diagonal_noise, init
 from ._synthetic import RandomFeatureDrift, random_feature_drift, random_feature_levels
@@ -18,20 +20,25 @@ __all__ = [
     "MLEMState",
     "MultilevelTerm",
     "RandomFeatureDrift",
+    "SampledBrownianPath",
     "Solution",
     "build_step",
     "correction_costs",
+    "cost_to_reach",
     "diagonal_noise",
     "draw_levels",
     "evaluations",
     "fit_gamma",
+    "frontier_slope",
     "init",
     "level_costs",
     "level_statistics",
     "levels_to_evaluate",
     "multilevel_drift",
     "optimal_probabilities",
+    "pareto_frontier",
     "random_feature_drift",
     "random_feature_levels",
+    "sample_brownian_path",
     "solve",
 ]
