@@ -9,6 +9,7 @@ from ._sampled_path import SampledBrownianPath, sample_brownian_path
 from ._solve import Solution, solve
 from ._step import MLEMInfo, MLEMState, build_step, diagonal_noise, init
 from ._synthetic import RandomFeatureDrift, random_feature_drift, random_feature_levels
+from ._timing import interleaved_median_seconds, median_seconds
 
 
 __all__ = [
@@ -31,9 +32,11 @@ __all__ = [
     "fit_gamma",
     "frontier_slope",
     "init",
+    "interleaved_median_seconds",
     "level_costs",
     "level_statistics",
     "levels_to_evaluate",
+    "median_seconds",
     "multilevel_drift",
     "optimal_probabilities",
     "pareto_frontier",
