@@ -1,0 +1,28 @@
+"""Diffusion models for ML-EM: UNet levels, the VP-SDE, training, sampling, metrics."""
+
+from .brownian import GridBrownianPath, grid_brownian_path
+from .calibrate import calibrate, probabilities_for, read_calibration, write_calibration
+from .checkpoint import CheckpointError, load_model, save_model
+from .classifier import Classifier, train_classifier
+from .data import ImageSplit, load_dataset, load_digits, load_mnist
+from .levels import CHECKPOINTS, WIDTHS, build_family, load_levels, train_levels
+from .metrics import classifier_features, frechet_distance, quality_score, strong_error
+from .sample import (
+    T_MIN, initial_noise, method_cost, sample, score_levels, stitch_evaluations,
+    stitch_switch,
+)
+from .sde import ScoreDrift, StitchedDrift, VPSDE, reverse_drift
+from .train import TrainConfig, TrainState, dsm_loss, train
+from .unet import UNet, parameter_count
+
+
+__all__ = [
+    "CHECKPOINTS", "CheckpointError", "Classifier", "GridBrownianPath", "ImageSplit",
+    "ScoreDrift", "StitchedDrift", "T_MIN", "TrainConfig", "TrainState", "UNet", "VPSDE",
+    "WIDTHS", "build_family", "calibrate", "classifier_features", "dsm_loss",
+    "frechet_distance", "grid_brownian_path", "initial_noise", "load_dataset",
+    "load_digits", "load_levels", "load_mnist", "load_model", "method_cost",
+    "parameter_count", "probabilities_for", "quality_score", "read_calibration",
+    "reverse_drift", "sample", "save_model", "score_levels", "stitch_evaluations",
+    "stitch_switch", "train", "train_classifier", "train_levels", "write_calibration",
+]

@@ -1,0 +1,113 @@
+"""The diffusion demo and benchmark: EM, ML-EM and T-Stitch on the shipped UNets."""
+
+import os
+import time
+from pathlib import Path
+
+import jax
+
+from .._calibrate import level_costs
+from .._timing import interleaved_median_seconds
+from .brownian import grid_brownian_path
+from .calibrate import calibrate, probabilities_for, read_calibration
+from .images import save_samples
+from .levels import CHECKPOINTS, load_levels
+from .metrics import strong_error
+from .runner import Setting, compile_sampler, run_setting
+from .sample import T_MIN, initial_noise, score_levels, stitch_switch
+
+
+def prepare(directory: str | os.PathLike = CHECKPOINTS, kind: str = "sde", seed: int = 0
+            ) -> tuple[list, tuple[int, ...], dict]:
+    """Load the levels of `directory` as `kind` drifts and their calibration.
+
+    The calibration is read from `<directory>/calibration.json` (written by
+    `mlem-jax calibrate`), or measured now on a short run when it is missing.
+
+    **Returns:**
+
+    `(levels, image_shape, calibration)`.
+    """
+    models, manifests = load_levels(directory)
+    levels = score_levels(models, kind)
+    image_shape = tuple(manifests[-1]["image_shape"])
+    calibration = read_calibration(Path(directory) / "calibration.json", kind)
+    if calibration is None or len(calibration["flops"]) != len(levels):
+        calibration = calibrate(levels, jax.random.key(seed), image_shape, count=8,
+                                num_steps=32, repeats=3)
+    return levels, image_shape, calibration
+
+
+def demo_settings(calibration: dict, em_steps: int = 32, mlem_steps: int = 64
+                  ) -> list[Setting]:
+    """EM with the largest UNet, ML-EM with all of them, T-Stitch (half the steps on the
+    second largest)."""
+    return [
+        Setting("em", em_steps, label=f"EM, largest UNet, {em_steps} steps"),
+        Setting("mlem", mlem_steps, probabilities_for(calibration, mlem_steps),
+                label=f"ML-EM, {mlem_steps} steps"),
+        Setting("tstitch", em_steps, switch=stitch_switch(0.5),
+                label=f"T-Stitch 50%, {em_steps} steps"),
+    ]
+
+
+def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 16, seed: int = 0,
+             out_dir: str | os.PathLike = ".", reference_steps: int = 256) -> list[dict]:
+    """Sample with EM, ML-EM and T-Stitch from the same noise and Brownian path; print
+    cost and strong error against a fine EM reference; write one PNG grid per method.
+
+    **Returns:**
+
+    One dict per method: label, GFLOPs per image, seconds, strong error, PNG path.
+    """
+    start = time.perf_counter()
+    levels, image_shape, calibration = prepare(directory, "sde", seed)
+    noise_key, path_key, draw_key = jax.random.split(jax.random.key(seed), 3)
+    x1 = initial_noise(noise_key, count, image_shape)
+    path = grid_brownian_path(path_key, x1.shape, reference_steps, T_MIN)
+    flops = calibration["flops"]
+    reference = run_setting(Setting("em", reference_steps), levels, x1, path, None, flops)
+    rows = []
+    for setting in demo_settings(calibration):
+        outcome = run_setting(setting, levels, x1, path, draw_key, flops)
+        png = save_samples(Path(out_dir) / f"demo_{setting.method}.png", outcome.samples)
+        rows.append({"method": setting.label, "gflops": outcome.flops / 1e9,
+                     "seconds": outcome.seconds,
+                     "error": strong_error(outcome.samples, reference.samples),
+                     "png": str(png)})
+    print(f"{'method':<32} {'GFLOP/image':>12} {'seconds':>8} {'strong error':>13}")
+    for row in rows:
+        print(f"{row['method']:<32} {row['gflops']:>12.3f} {row['seconds']:>8.2f} "
+              f"{row['error']:>13.3f}")
+    print(f"reference: EM, largest UNet, {reference_steps} steps; {count} images; "
+          f"gamma = {calibration['gamma']}; PNGs: "
+          + ", ".join(row["png"] for row in rows)
+          + f"; {time.perf_counter() - start:.0f} s in all")
+    return rows
+
+
+def run_bench(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 16,
+              num_steps: int = 64, repeats: int = 3, seed: int = 0) -> dict:
+    """Per-level cost, and EM vs ML-EM sampling with the same step count timed in turns.
+
+    **Returns:**
+
+    A dict with per-image FLOPs and seconds per level and the two sampling times.
+    """
+    levels, image_shape, calibration = prepare(directory, "sde", seed)
+    noise_key, path_key, draw_key = jax.random.split(jax.random.key(seed), 3)
+    x1 = initial_noise(noise_key, count, image_shape)
+    costs = level_costs(levels, 1.0, x1, repeats=repeats * 5)
+    print(f"{'width':>6} {'MFLOP/image':>12} {'ms/image':>9}")
+    for level, f, s in zip(levels, costs.flops, costs.seconds):
+        print(f"{level.model.width:>6} {f / count / 1e6:>12.2f} {s / count * 1e3:>9.3f}")
+    em, mlem = (
+        compile_sampler(setting, levels, x1, path_key, draw_key)
+        for setting in demo_settings(calibration, num_steps, num_steps)[:2]
+    )
+    seconds = interleaved_median_seconds([em, mlem], repeats=repeats)
+    print(f"{num_steps} steps, {count} images: EM {seconds[0]:.2f} s, ML-EM "
+          f"{seconds[1]:.2f} s, ratio {seconds[0] / seconds[1]:.2f}x")
+    return {"flops": (costs.flops / count).tolist(),
+            "seconds": (costs.seconds / count).tolist(), "em_seconds": seconds[0],
+            "mlem_seconds": seconds[1]}

@@ -1,0 +1,133 @@
+"""Sampling by EM, ML-EM and T-Stitch, all through `mlem_jax.solve`, from t = 1 to t_min."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, PRNGKeyArray
+
+from .._solve import Solution, solve
+from .sde import ScoreDrift, StitchedDrift, VPSDE
+from .unet import UNet
+
+T_MIN = 1e-3
+METHODS = ("em", "mlem", "tstitch")
+
+
+def score_levels(models: Sequence[UNet], kind: str = "sde", sde: VPSDE = VPSDE()
+                 ) -> list[ScoreDrift]:
+    """One reverse-drift level per UNet, cheapest first."""
+    return [ScoreDrift(model, sde, kind) for model in models]
+
+
+def initial_noise(key: PRNGKeyArray, count: int, image_shape: Sequence[int]) -> Array:
+    """X_1 ~ N(0, I): the start of the reverse process, shape (count, *image_shape)."""
+    if count < 1:
+        raise ValueError(f"`count` must be >= 1, got {count}.")
+    return jax.random.normal(key, (count, *image_shape))
+
+
+def stitch_switch(fraction: float, t_min: float = T_MIN) -> float:
+    """The switch time of T-Stitch when the small model takes the first `fraction` of
+    the time span [t_min, 1] (the steps nearest t = 1)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"`fraction` must be in [0, 1], got {fraction}.")
+    return 1.0 - fraction * (1.0 - t_min)
+
+
+def stitch_evaluations(num_steps: int, switch: float, t_min: float = T_MIN) -> np.ndarray:
+    """How many steps of T-Stitch use the small and the large model, shape (2,)."""
+    times = 1.0 + np.arange(num_steps) * ((t_min - 1.0) / num_steps)
+    small = int(np.sum(times > switch))
+    return np.array([small, num_steps - small])
+
+
+def sample(
+    method: str,
+    levels: Sequence[ScoreDrift],
+    x1: Array,
+    num_steps: int,
+    *,
+    key: PRNGKeyArray | None = None,
+    brownian: Any = None,
+    probabilities: Any = None,
+    switch: float | None = None,
+    small: int = -2,
+    t_min: float = T_MIN,
+    saveat: Any = None,
+) -> Solution:
+    """Integrate the reverse process of `levels` from t = 1 to `t_min` with `solve`.
+
+    **Arguments:**
+
+    - `method`: `"em"` (the last, largest level alone), `"mlem"` (all levels, drawn
+        with `probabilities`) or `"tstitch"` (level `small` while t > `switch`, then
+        the largest).
+    - `levels`: `ScoreDrift` levels of one kind, cheapest first. For `"sde"` levels the
+        reverse SDE is sampled and `brownian` is required; for `"ode"` it is ignored.
+    - `x1`: the initial noise, a batch (B, C, H, W).
+    - `num_steps`: number of equal steps.
+    - `key`: PRNG key of the ML-EM level draws (unused by the other methods).
+    - `brownian`: a PRNG key or a diffrax Brownian path of the shape of `x1`.
+    - `probabilities`: p_1..p_K for `"mlem"`.
+    - `switch`, `small`: the T-Stitch switch time and the index of its small level.
+    - `t_min`: the final time.
+    - `saveat`: passed to `solve`.
+
+    **Returns:**
+
+    The `Solution` of `solve` (for T-Stitch, `evaluations` counts the stitched level;
+    use `stitch_evaluations` for the split between its two models).
+    """
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+    if not levels:
+        raise ValueError("`levels` must hold at least one level.")
+    if method == "mlem":
+        if probabilities is None:
+            raise ValueError("`probabilities` are required for method 'mlem'.")
+        chosen = list(levels)
+    elif method == "tstitch":
+        if switch is None:
+            raise ValueError("`switch` (time of the hand-over to the large model) is "
+                             "required for method 'tstitch'.")
+        chosen = [StitchedDrift(levels[small], levels[-1], float(switch))]
+        probabilities = None
+    else:
+        chosen, probabilities = [levels[-1]], None
+    sde_kind = levels[-1].kind == "sde"
+    if sde_kind and brownian is None:
+        raise ValueError("`brownian` (a PRNG key or a Brownian path) is required for "
+                         "reverse-SDE levels.")
+    return solve(
+        chosen, x1, 1.0, t_min, num_steps, probabilities=probabilities,
+        key=key if method == "mlem" else None,
+        diffusion=levels[-1].sde.diffusion if sde_kind else None,
+        brownian=brownian if sde_kind else None, saveat=saveat,
+    )
+
+
+def method_cost(method: str, evaluations: Any, level_costs: Any, num_steps: int,
+                switch: float | None = None, small: int = -2, t_min: float = T_MIN
+                ) -> float:
+    """Cost of one run: evaluations @ costs (ML-EM), N c_K (EM), or the T-Stitch split.
+
+    **Arguments:**
+
+    - `method`, `num_steps`, `switch`, `small`, `t_min`: as in `sample`.
+    - `evaluations`: `Solution.evaluations` of the run.
+    - `level_costs`: cost of one evaluation of each level (FLOPs or seconds), (K,).
+
+    **Returns:**
+
+    The cost as a float.
+    """
+    costs = np.asarray(level_costs, dtype=np.float64)
+    if method == "mlem":
+        return float(np.asarray(evaluations) @ costs)
+    if method == "tstitch":
+        counts = stitch_evaluations(num_steps, switch, t_min)
+        return float(counts @ costs[[small, -1]])
+    return float(num_steps * costs[-1])

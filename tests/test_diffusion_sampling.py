@@ -1,0 +1,113 @@
+"""EM, ML-EM and T-Stitch samplers (SDE and ODE), the Brownian grid, calibration."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mlem_jax.diffusion.brownian import grid_brownian_path
+from mlem_jax.diffusion.calibrate import calibrate, probabilities_for
+from mlem_jax.diffusion.metrics import frechet_distance, strong_error
+from mlem_jax.diffusion.sample import (
+    T_MIN, initial_noise, method_cost, sample, score_levels, stitch_evaluations,
+    stitch_switch,
+)
+from mlem_jax.diffusion.sde import VPSDE, reverse_drift
+
+from diffusion_helpers import IMAGE_SHAPE, tiny_unets
+
+STEPS = 4
+
+
+def _run(method, kind, **kw):
+    levels = score_levels(tiny_unets(), kind)
+    x1 = initial_noise(jax.random.key(1), 3, IMAGE_SHAPE)
+    path = grid_brownian_path(jax.random.key(2), x1.shape, 8, T_MIN)
+    return sample(method, levels, x1, STEPS, key=jax.random.key(3), brownian=path, **kw)
+
+
+@pytest.mark.parametrize("kind", ["sde", "ode"])
+def test_each_sampler_runs(kind):
+    em = _run("em", kind)
+    cheap = _run("mlem", kind, probabilities=(1.0, 0.25))
+    stitched = _run("tstitch", kind, switch=stitch_switch(0.5))
+    for run in (em, cheap, stitched):
+        assert run.ys.shape == (3, *IMAGE_SHAPE) and bool(jnp.isfinite(run.ys).all())
+    assert em.evaluations.tolist() == stitched.evaluations.tolist() == [STEPS]
+    assert cheap.evaluations[0] == STEPS and cheap.evaluations[1] < STEPS
+    assert not np.allclose(stitched.ys, em.ys) and not np.allclose(cheap.ys, em.ys)
+
+
+def test_samplers_agree_where_they_must(kind="sde"):
+    em = _run("em", kind)
+    # ML-EM with every correction always drawn is EM with the largest level.
+    full = _run("mlem", kind, probabilities=(1.0, 1.0))
+    np.testing.assert_allclose(full.ys, em.ys, rtol=1e-4, atol=1e-4)
+    assert full.evaluations.tolist() == [STEPS, STEPS]
+    # T-Stitch switching after the last step is EM with the small level; before the
+    # first, EM with the large one.
+    small = sample("em", score_levels(tiny_unets()[:1], kind),
+                   initial_noise(jax.random.key(1), 3, IMAGE_SHAPE), STEPS,
+                   brownian=grid_brownian_path(jax.random.key(2), (3, *IMAGE_SHAPE), 8, T_MIN))
+    np.testing.assert_allclose(_run("tstitch", kind, switch=0.0).ys, small.ys, atol=1e-5)
+    np.testing.assert_allclose(_run("tstitch", kind, switch=1.0).ys, em.ys, atol=1e-5)
+
+
+def test_sampler_arguments_are_checked():
+    with pytest.raises(ValueError, match="`method`"):
+        _run("heun", "sde")
+    with pytest.raises(ValueError, match="`probabilities`"):
+        _run("mlem", "sde")
+    with pytest.raises(ValueError, match="`switch`"):
+        _run("tstitch", "ode")
+    with pytest.raises(ValueError, match="`kind`"):
+        score_levels(tiny_unets(), "heun")
+
+
+def test_reverse_drifts_of_a_standard_gaussian():
+    # Data N(0, I) stays N(0, I) under the VP-SDE: score -x, so the probability-flow
+    # drift vanishes and the reverse SDE drift is +beta x / 2.
+    sde, y = VPSDE(), jnp.arange(4.0)
+    assert jnp.allclose(reverse_drift(sde, "ode", 0.3, y, -y), 0.0)
+    assert jnp.allclose(reverse_drift(sde, "sde", 0.3, y, -y), 0.5 * sde.beta(0.3) * y)
+
+
+def test_grid_brownian_path_is_shared_across_step_counts():
+    path = grid_brownian_path(jax.random.key(0), (5,), 8, T_MIN)
+    coarse = path.evaluate(1.0, 1.0 + 0.5 * (T_MIN - 1.0))
+    fine = sum(path.evaluate(1.0 + k * (T_MIN - 1) / 8, 1.0 + (k + 1) * (T_MIN - 1) / 8)
+               for k in range(4))
+    np.testing.assert_allclose(coarse, fine, atol=1e-6)
+    assert jnp.allclose(path.evaluate(T_MIN), 0.0)
+    big = grid_brownian_path(jax.random.key(1), (20000,), 4, 0.0, 1.0)
+    assert float(jnp.var(big.evaluate(0.0, 0.5))) == pytest.approx(0.5, rel=0.05)
+
+
+def test_costs_of_the_methods():
+    switch = stitch_switch(0.5)
+    assert stitch_evaluations(10, switch).tolist() == [5, 5]
+    flops = [1.0, 4.0, 16.0]
+    assert method_cost("em", None, flops, 10) == 160.0
+    assert method_cost("mlem", [10, 3, 1], flops, 10) == 10 + 12 + 16
+    assert method_cost("tstitch", None, flops, 10, switch) == 5 * 4 + 5 * 16
+
+
+def test_metrics():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4000, 3)), rng.normal(size=(4000, 3))
+    assert frechet_distance(a, b) < 0.02
+    assert frechet_distance(a, b + 1.0) == pytest.approx(3.0, abs=0.1)
+    x = jnp.zeros((2, 1, 2, 2))
+    assert strong_error(x.at[0].set(1.0), x) == pytest.approx(np.sqrt(4 / 2))
+
+
+def test_calibration_along_sampling_runs():
+    levels = score_levels(tiny_unets(), "sde")
+    result = calibrate(levels, jax.random.key(0), IMAGE_SHAPE, count=2, num_steps=4, repeats=1)
+    for name in ("variances", "errors", "flops", "seconds"):
+        assert np.isfinite(result[name]).all(), name
+    assert result["points"] == 5 and result["errors"][-1] == 0.0 and result["errors"][0] > 0
+    assert result["variances"][0] == pytest.approx(result["errors"][0] ** 2, rel=1e-4)
+    assert result["flops"][0] < result["flops"][1] and result["gamma"] is None
+    p = probabilities_for(result, 16, top_level_evaluations=2.0)
+    assert p[0] == 1.0 and p[1] == pytest.approx(2 / 16)
