@@ -53,35 +53,62 @@ def multilevel_drift(
     t: Any,
     y: PyTree,
     args: Any,
+    coupling: str = "nested",
 ) -> tuple[PyTree, Bool[Array, " K"]]:
     """The unbiased drift estimate of one step.
 
     F = f^1 + sum_{l >= 2} (B_l / p_l) (f^l - f^(l-1)), so E[F] = f^K. Each level is
     evaluated inside `lax.cond` on an unbatched predicate, so a level that is not needed
-    costs nothing, also under `vmap` over `y`.
+    costs nothing, also under `vmap` over `y`. Under the nested coupling the conds are
+    nested (level l + 1 is only considered once level l was drawn), so a step that draws
+    L levels pays for L + 1 conds, not K.
 
     **Returns:**
 
     `(F, evaluated)`, where `evaluated[l]` says whether f^l was computed.
     """
-    evaluated = levels_to_evaluate(drawn)
     first = levels[0](t, y, args)
+    if coupling == "nested":
+        corrections = _nested_corrections(levels, probabilities, drawn, t, y, args, 1, first)
+        return jtu.tree_map(jnp.add, first, corrections), drawn
+    return _independent_drift(levels, probabilities, drawn, t, y, args, first)
+
+
+def _scaled_difference(upper: PyTree, lower: PyTree, probability: Array) -> PyTree:
+    return jtu.tree_map(lambda u, lo: (u - lo) / probability.astype(u.dtype), upper, lower)
+
+
+def _nested_corrections(levels, probabilities, drawn, t, y, args, index, lower):
+    """sum_{l >= index} (f^l - f^(l-1)) / p_l over the drawn levels, given f^(index-1)."""
+    if index == len(levels):
+        return _zeros_like(lower)
+
+    def evaluate():
+        upper = levels[index](t, y, args)
+        rest = _nested_corrections(levels, probabilities, drawn, t, y, args, index + 1, upper)
+        own = _scaled_difference(upper, lower, probabilities[index])
+        return jtu.tree_map(jnp.add, own, rest)
+
+    return lax.cond(drawn[index], evaluate, lambda: _zeros_like(lower))
+
+
+def _independent_drift(levels, probabilities, drawn, t, y, args, first):
+    """Each correction drawn on its own: level l runs if correction l or l + 1 is."""
+    evaluated = levels_to_evaluate(drawn)
     values = [first]
     for index in range(1, len(levels)):
-        level = levels[index]
         values.append(
             lax.cond(
                 evaluated[index],
-                lambda lv=level: lv(t, y, args),
+                lambda lv=levels[index]: lv(t, y, args),
                 lambda: _zeros_like(first),
             )
         )
     drift = first
     for index in range(1, len(levels)):
-        weight = jnp.where(drawn[index], 1 / probabilities[index], 0)
-
-        def add_correction(total, upper, lower, w=weight):
-            return total + w.astype(total.dtype) * (upper - lower)
-
-        drift = jtu.tree_map(add_correction, drift, values[index], values[index - 1])
+        correction = _scaled_difference(values[index], values[index - 1], probabilities[index])
+        drift = jtu.tree_map(
+            lambda total, c, b=drawn[index]: total + jnp.where(b, c, 0).astype(total.dtype),
+            drift, correction,
+        )
     return drift, evaluated

@@ -93,7 +93,9 @@ def build_step(
             drawn = evaluated = jnp.ones(1, bool)
         else:
             drawn = draw_levels(key, p, coupling)
-            drift, evaluated = multilevel_drift(levels, p, drawn, t, state.y, args)
+            drift, evaluated = multilevel_drift(
+                levels, p, drawn, t, state.y, args, coupling
+            )
         y = jtu.tree_map(lambda y, f: y + (dt * f).astype(y.dtype), state.y, drift)
         if noise is not None:
             y = jtu.tree_map(jnp.add, y, noise(t, state.y, args, dw))

@@ -23,7 +23,7 @@ def draws(coupling, num_draws, seed=0):
 
     def estimate(key):
         drawn = mlem_jax.draw_levels(key, P, coupling)
-        return mlem_jax.multilevel_drift(LEVELS, P, drawn, 0.0, Y, None)
+        return mlem_jax.multilevel_drift(LEVELS, P, drawn, 0.0, Y, None, coupling)
 
     return jax.jit(jax.vmap(estimate))(keys)
 
