@@ -148,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     smp.add_argument("--out", default="samples.png", help="output .png (grid) or .npz")
 
     demo = command("demo", "EM vs ML-EM vs T-Stitch: cost, strong error, PNG grids", _demo)
-    demo.add_argument("--count", type=_positive, default=16, help="images per method")
+    demo.add_argument("--count", type=_positive, default=8, help="images per method")
     demo.add_argument("--out-dir", default=".", help="folder of the PNG grids")
 
     bench = command("bench", "time each level and EM vs ML-EM sampling side by side", _bench)

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 from .._calibrate import level_costs
 from .._timing import interleaved_median_seconds
@@ -38,10 +39,13 @@ def prepare(directory: str | os.PathLike = CHECKPOINTS, kind: str = "sde", seed:
     return levels, image_shape, calibration
 
 
-def demo_settings(calibration: dict, em_steps: int = 32, mlem_steps: int = 64
+def demo_settings(calibration: dict, em_steps: int = 64, mlem_steps: int = 64
                   ) -> list[Setting]:
-    """EM with the largest UNet, ML-EM with all of them, T-Stitch (half the steps on the
-    second largest)."""
+    """EM with the largest UNet, ML-EM with all of them, T-Stitch (half the time span on
+    the second largest): the operating configurations measured by
+    `experiments/diffusion.py` when the calibration records them, else these steps."""
+    if "operating" in calibration:
+        return [Setting(**setting) for setting in calibration["operating"]]
     return [
         Setting("em", em_steps, label=f"EM, largest UNet, {em_steps} steps"),
         Setting("mlem", mlem_steps, probabilities_for(calibration, mlem_steps),
@@ -51,8 +55,8 @@ def demo_settings(calibration: dict, em_steps: int = 32, mlem_steps: int = 64
     ]
 
 
-def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 16, seed: int = 0,
-             out_dir: str | os.PathLike = ".", reference_steps: int = 256) -> list[dict]:
+def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 8, seed: int = 0,
+             out_dir: str | os.PathLike = ".", reference_steps: int = 128) -> list[dict]:
     """Sample with EM, ML-EM and T-Stitch from the same noise and Brownian path; print
     cost and strong error against a fine EM reference; write one PNG grid per method.
 
@@ -101,11 +105,13 @@ def run_bench(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 16,
     print(f"{'width':>6} {'MFLOP/image':>12} {'ms/image':>9}")
     for level, f, s in zip(levels, costs.flops, costs.seconds):
         print(f"{level.model.width:>6} {f / count / 1e6:>12.2f} {s / count * 1e3:>9.3f}")
-    em, mlem = (
-        compile_sampler(setting, levels, x1, path_key, draw_key)
-        for setting in demo_settings(calibration, num_steps, num_steps)[:2]
-    )
-    seconds = interleaved_median_seconds([em, mlem], repeats=repeats)
+    em = Setting("em", num_steps)
+    mlem = Setting("mlem", num_steps, probabilities_for(calibration, num_steps))
+    p = jnp.asarray(mlem.probabilities)
+    runs = [compile_sampler(setting, levels, x1, path_key) for setting in (em, mlem)]
+    calls = [lambda: runs[0](x1, path_key, draw_key, None),
+             lambda: runs[1](x1, path_key, draw_key, p)]
+    seconds = interleaved_median_seconds(calls, repeats=repeats)
     print(f"{num_steps} steps, {count} images: EM {seconds[0]:.2f} s, ML-EM "
           f"{seconds[1]:.2f} s, ratio {seconds[0] / seconds[1]:.2f}x")
     return {"flops": (costs.flops / count).tolist(),

@@ -1,14 +1,16 @@
-"""Compile a sampler ahead of time, run it once, and report samples, cost and seconds."""
+"""Compile a sampler ahead of time, run it, and report samples, cost and seconds."""
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
+from .._solve import Solution
 from .sample import T_MIN, method_cost, sample
 from .sde import ScoreDrift
 
@@ -38,26 +40,35 @@ class Outcome(NamedTuple):
     evaluations: np.ndarray
 
 
+Sampler = Callable[[Array, Any, PRNGKeyArray, Array | None], Solution]
+
+
 def compile_sampler(setting: Setting, levels: Sequence[ScoreDrift], x1: Array,
-                    brownian: Any, key: PRNGKeyArray | None):
-    """The sampler of `setting`, lowered and compiled for these arguments (so a timed
-    call measures the run only), as a zero-argument function returning a `Solution`."""
+                    brownian: Any) -> Sampler:
+    """The sampler of `setting`, lowered and compiled for arguments like these, as
+    `run(x1, brownian, key, probabilities) -> Solution`: the noise, the Brownian path,
+    the ML-EM draw key and p_l are arguments, so one compilation serves every budget
+    and draw sequence, and a timed call measures the run only. (Methods other than
+    ML-EM ignore `key` and `probabilities`.)"""
     dynamic, static = eqx.partition(list(levels), eqx.is_array)
 
-    def run(dynamic, x1, brownian, key):
+    def run(dynamic, x1, brownian, key, probabilities):
         return sample(
             setting.method, eqx.combine(dynamic, static), x1, setting.num_steps, key=key,
-            brownian=brownian, probabilities=setting.probabilities, switch=setting.switch,
+            brownian=brownian, probabilities=probabilities, switch=setting.switch,
             small=setting.small,
         )
 
-    compiled = jax.jit(run).lower(dynamic, x1, brownian, key).compile()
-    return lambda: compiled(dynamic, x1, brownian, key)
+    key = jax.random.key(0)
+    p = jnp.ones(len(levels)) if setting.method == "mlem" else None
+    compiled = jax.jit(run).lower(dynamic, x1, brownian, key, p).compile()
+    return lambda x1, brownian, key, p: compiled(dynamic, x1, brownian, key, p)
 
 
 def run_setting(setting: Setting, levels: Sequence[ScoreDrift], x1: Array, brownian: Any,
-                key: PRNGKeyArray | None, flops: Sequence[float]) -> Outcome:
-    """Compile, run once (timed) and account the FLOPs per image of `setting`.
+                key: PRNGKeyArray | None, flops: Sequence[float],
+                cache: dict | None = None) -> Outcome:
+    """Run `setting` once (timed, compilation excluded) and account its FLOPs per image.
 
     **Arguments:**
 
@@ -67,14 +78,23 @@ def run_setting(setting: Setting, levels: Sequence[ScoreDrift], x1: Array, brown
     - `brownian`: a PRNG key or a Brownian path of the shape of `x1` (SDE levels).
     - `key`: PRNG key of the ML-EM level draws.
     - `flops`: FLOPs of one evaluation of each level per image, (K,).
+    - `cache`: a dict owned by the caller that keeps compiled samplers between calls
+        with the same method, steps, switch and arguments of the same shapes.
 
     **Returns:**
 
     An `Outcome`.
     """
-    run = compile_sampler(setting, levels, x1, brownian, key)
+    signature = (setting.method, setting.num_steps, setting.switch, setting.small, x1.shape,
+                 type(brownian).__name__)
+    cache = {} if cache is None else cache
+    if signature not in cache:
+        cache[signature] = compile_sampler(setting, levels, x1, brownian)
+    run = cache[signature]
+    p = None if setting.probabilities is None else jnp.asarray(setting.probabilities)
+    key = jax.random.key(0) if key is None else key
     start = time.perf_counter()
-    solution = jax.block_until_ready(run())
+    solution = jax.block_until_ready(run(x1, brownian, key, p))
     seconds = time.perf_counter() - start
     cost = method_cost(setting.method, solution.evaluations, flops, setting.num_steps,
                        setting.switch, setting.small, T_MIN)
