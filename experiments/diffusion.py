@@ -161,17 +161,6 @@ def equal_cost_grids(mlem_point: dict, levels, shape, flops, cache: dict) -> dic
     return out
 
 
-def record_operating(path: Path, chosen: dict) -> None:
-    """Store the operating configurations in the shipped calibration, for `mlem-jax demo`."""
-    stored = json.loads(path.read_text())
-    stored["sde"]["operating"] = [
-        {"method": p["method"], "num_steps": p["steps"], "probabilities": p["probabilities"],
-         "switch": p["switch"], "label": p["label"]}
-        for p in (chosen["em"], chosen["mlem"], chosen["tstitch"])
-    ]
-    path.write_text(json.dumps(stored, indent=2) + "\n")
-
-
 def plot(points: list[dict], grids: dict, path_frontier: Path, path_grids: Path) -> None:
     """Cost-error frontiers (FLOPs and seconds) and the equal-cost sample grids."""
     import matplotlib
@@ -311,8 +300,6 @@ def main(argv: list[str] | None = None) -> dict:
                              for k, g in grids.items()},
         "seconds": time.perf_counter() - start, "quick": a.quick,
     }
-    if not a.quick:
-        record_operating(directory / "calibration.json", chosen)
     return write(summarise(result), out)
 
 

@@ -39,17 +39,15 @@ def prepare(directory: str | os.PathLike = CHECKPOINTS, kind: str = "sde", seed:
     return levels, image_shape, calibration
 
 
-def demo_settings(calibration: dict, em_steps: int = 64, mlem_steps: int = 64
-                  ) -> list[Setting]:
-    """EM with the largest UNet, ML-EM with all of them, T-Stitch (half the time span on
-    the second largest): the operating configurations measured by
-    `experiments/diffusion.py` when the calibration records them, else these steps."""
-    if "operating" in calibration:
-        return [Setting(**setting) for setting in calibration["operating"]]
+def demo_settings(calibration: dict, em_steps: int = 32, mlem_steps: int = 64,
+                  top_level_evaluations: float = 8.0) -> list[Setting]:
+    """EM with the largest UNet, ML-EM with all of them (the largest drawn about
+    `top_level_evaluations` times), T-Stitch (half the time span on the second largest)."""
     return [
         Setting("em", em_steps, label=f"EM, largest UNet, {em_steps} steps"),
-        Setting("mlem", mlem_steps, probabilities_for(calibration, mlem_steps),
-                label=f"ML-EM, {mlem_steps} steps"),
+        Setting("mlem", mlem_steps,
+                probabilities_for(calibration, mlem_steps, top_level_evaluations),
+                label=f"ML-EM, {mlem_steps} steps, m={top_level_evaluations:g}"),
         Setting("tstitch", em_steps, switch=stitch_switch(0.5),
                 label=f"T-Stitch 50%, {em_steps} steps"),
     ]
@@ -84,7 +82,7 @@ def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 8, seed
         print(f"{row['method']:<32} {row['gflops']:>12.3f} {row['seconds']:>8.2f} "
               f"{row['error']:>13.3f}")
     print(f"reference: EM, largest UNet, {reference_steps} steps; {count} images; "
-          f"gamma = {calibration['gamma']}; PNGs: "
+          f"gamma = {calibration['gamma'] or float('nan'):.2f}; PNGs: "
           + ", ".join(row["png"] for row in rows)
           + f"; {time.perf_counter() - start:.0f} s in all")
     return rows

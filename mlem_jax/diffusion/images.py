@@ -46,6 +46,8 @@ def save_samples(path: str | Path, samples: np.ndarray, columns: int = 8) -> Pat
     """Write samples (B, C, H, W) in [-1, 1] as a PNG grid (`.png`) or raw arrays
     (`.npz`, key `samples`), by the suffix of `path`."""
     path = Path(path)
+    if path.suffix in (".png", ".npz"):
+        path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".png":
         path.write_bytes(png_bytes(image_grid(samples, columns)))
     elif path.suffix == ".npz":
