@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/mlem-jax demo
+	$(BIN)/mlem-jax demo --out-dir demo_output
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
