@@ -11,7 +11,7 @@ log c_l against log 1/eps_l (eps_l measured against the largest UNet, so 3 point
 
 **Strong error.** RMS over a batch of images of ||X_tmin - X_tmin^ref||, X^ref from EM
 with the largest UNet and `reference_steps` steps, with the same initial noise and the
-same Brownian path (W on the reference grid, `GridBrownianPath`). ML-EM's draws are
+same Brownian path (W on the reference grid, `mlem_jax.SampledBrownianPath`). ML-EM's draws are
 shared by the batch; its error is averaged over `draw_seeds` draw sequences.
 
 **Frontiers.** EM (largest UNet) for several N; ML-EM (all levels) for several N and

@@ -27,7 +27,7 @@ class SampledBrownianPath(diffrax.AbstractBrownianPath):
     def _at(self, t) -> Array:
         num_intervals = self.values.shape[0] - 1
         index = jnp.rint((t - self.t0) / (self.t1 - self.t0) * num_intervals)
-        return self.values[index.astype(jnp.int32)]
+        return self.values[jnp.clip(index, 0, num_intervals).astype(jnp.int32)]
 
     def evaluate(self, t0, t1=None, left=True, use_levy=False) -> Array:
         """W(t0), or the increment W(t1) - W(t0) when `t1` is given."""

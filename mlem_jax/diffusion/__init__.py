@@ -1,6 +1,6 @@
 """Diffusion models for ML-EM: UNet levels, the VP-SDE, training, sampling, metrics."""
 
-from .brownian import GridBrownianPath, grid_brownian_path
+from .brownian import grid_brownian_path
 from .calibrate import calibrate, probabilities_for, read_calibration, write_calibration
 from .checkpoint import CheckpointError, load_model, save_model
 from .classifier import Classifier, train_classifier
@@ -17,7 +17,7 @@ from .unet import UNet, parameter_count
 
 
 __all__ = [
-    "CHECKPOINTS", "CheckpointError", "Classifier", "GridBrownianPath", "ImageSplit",
+    "CHECKPOINTS", "CheckpointError", "Classifier", "ImageSplit",
     "ScoreDrift", "StitchedDrift", "T_MIN", "TrainConfig", "TrainState", "UNet", "VPSDE",
     "WIDTHS", "build_family", "calibrate", "classifier_features", "dsm_loss",
     "frechet_distance", "grid_brownian_path", "initial_noise", "load_dataset",
