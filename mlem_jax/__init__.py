@@ -5,7 +5,9 @@ from ._diffrax import MLEM, MLEMSolverState, MultilevelTerm, evaluations
 from ._frontier import cost_to_reach, frontier_slope, pareto_frontier
 from ._levels import draw_levels, levels_to_evaluate, multilevel_drift
 from ._probabilities import correction_costs, optimal_probabilities
+from ._profile import VarianceProfile, variance_profile
 from ._sampled_path import SampledBrownianPath, sample_brownian_path
+from ._schedule import step_times
 from ._solve import Solution, solve
 from ._step import MLEMInfo, MLEMState, build_step, diagonal_noise, init
 from ._synthetic import RandomFeatureDrift, random_feature_drift, random_feature_levels
@@ -23,6 +25,7 @@ __all__ = [
     "RandomFeatureDrift",
     "SampledBrownianPath",
     "Solution",
+    "VarianceProfile",
     "build_step",
     "correction_costs",
     "cost_to_reach",
@@ -44,4 +47,6 @@ __all__ = [
     "random_feature_levels",
     "sample_brownian_path",
     "solve",
+    "step_times",
+    "variance_profile",
 ]

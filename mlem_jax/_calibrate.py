@@ -66,13 +66,28 @@ def level_statistics(
     A `LevelStatistics`.
     """
     levels = check_levels(levels)
+    top = levels[-1] if reference is None else reference
+    measured = pointwise_squares(levels, top, ts, ys, args, batch_size).mean(axis=0)
+    k = len(levels)
+    return LevelStatistics(variances=measured[: k - 1], errors=np.sqrt(measured[k - 1 :]))
+
+
+def pointwise_squares(
+    levels: Sequence[Callable],
+    top: Callable,
+    ts: Float[Array, " P"],
+    ys: PyTree,
+    args: Any,
+    batch_size: int | None,
+) -> np.ndarray:
+    """Per point i: ||f^l - f^(l-1)||^2 for l = 2..K, then ||f^l - top||^2 for l = 1..K;
+    shape (P, 2K - 1)."""
     ts = jnp.asarray(ts)
     if ts.ndim != 1 or any(leaf.shape[:1] != ts.shape for leaf in jtu.tree_leaves(ys)):
         raise ValueError(
             "`ts` must have shape (P,) and every leaf of `ys` a leading axis of length P; "
             f"got ts {ts.shape} and ys {jtu.tree_map(jnp.shape, ys)}."
         )
-    top = levels[-1] if reference is None else reference
 
     @eqx.filter_jit
     def measure(levels, top, ts, ys):
@@ -87,11 +102,9 @@ def level_statistics(
             errors = [_squared_norm(sub(value, exact)) for value in values]
             return jnp.stack(differences + errors)
 
-        return jax.lax.map(one_point, (ts, ys), batch_size=batch_size).mean(axis=0)
+        return jax.lax.map(one_point, (ts, ys), batch_size=batch_size)
 
-    measured = np.asarray(measure(levels, top, ts, ys), dtype=np.float64)
-    k = len(levels)
-    return LevelStatistics(variances=measured[: k - 1], errors=np.sqrt(measured[k - 1 :]))
+    return np.asarray(measure(levels, top, ts, ys), dtype=np.float64)
 
 
 def _flops(compiled: Any) -> float:

@@ -23,12 +23,14 @@ import jax.tree_util as jtu
 from diffrax._term import AdjointTerm, WrapTerm
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
+from ._schedule import checked_schedule_row
 from ._step import MLEMState, build_step
 from ._validation import (
     check_coupling,
     check_level_outputs,
     check_levels,
     check_probabilities,
+    describe,
 )
 
 
@@ -45,7 +47,7 @@ class MultilevelTerm(diffrax.AbstractTerm):
     """
 
     levels: tuple[Callable, ...]
-    probabilities: Float[Array, " K"] | None
+    probabilities: Float[Array, " K"] | Float[Array, "N K"] | Callable | None
     coupling: str = eqx.field(static=True)
 
     def __init__(
@@ -61,15 +63,30 @@ class MultilevelTerm(diffrax.AbstractTerm):
             `diffrax.ODETerm`), cheapest first, each returning the structure, shapes and
             dtypes of `y`. Equinox modules work as they are.
         - `probabilities`: p_1..p_K, each in (0, 1], p_1 == 1, non-increasing under
-            the nested coupling. Required when K > 1. See
-            `mlem_jax.optimal_probabilities`.
+            the nested coupling; required when K > 1. See
+            `mlem_jax.optimal_probabilities`. Or a schedule: an array (N, K) whose row
+            n is used at step n (N at least the number of steps), or a callable
+            `t -> (K,)` evaluated at the start of each step (in the user's time, also
+            in reverse time). A schedule's rows are checked at run time
+            (`eqx.error_if`), as the step index is traced.
         - `coupling`: `"nested"` (one uniform per step; the levels evaluated are
             1..L) or `"independent"` (each correction drawn on its own).
         """
         self.levels = check_levels(levels)
         check_coupling(coupling)
         self.coupling = coupling
-        self.probabilities = check_probabilities(probabilities, len(self.levels), coupling)
+        if callable(probabilities):
+            out = jax.eval_shape(probabilities, 0.0)
+            if getattr(out, "shape", None) != (len(self.levels),):
+                raise ValueError(
+                    "`probabilities` as a callable must map a time t to an array of shape "
+                    f"({len(self.levels)},), one per level; got {describe(out)}."
+                )
+            self.probabilities = probabilities
+        else:
+            self.probabilities = check_probabilities(
+                probabilities, len(self.levels), coupling
+            )
 
     def vf(self, t: Any, y: PyTree, args: Any) -> PyTree:
         """The top level f^K(t, y, args), the mean of ML-EM's drift estimate."""
@@ -311,7 +328,11 @@ class MLEM(diffrax.AbstractItoSolver):
             dw = tuple(other.contr(t0, t1) for other in others)
         else:
             noise = dw = None
-        step = build_step(levels, term.probabilities, noise=noise, coupling=term.coupling)
+        p = checked_schedule_row(
+            term.probabilities, solver_state.num_steps, t0 * parsed.direction,
+            len(levels), term.coupling,
+        )
+        step = build_step(levels, p, noise=noise, coupling=term.coupling)
         dt = parsed.drift.contr(t0, t1)  # the signed time step: negative in reverse time
         key = None
         if self.key is not None:

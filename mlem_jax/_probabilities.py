@@ -44,24 +44,35 @@ def optimal_probabilities(
     only lowers the variance. A level with v_l = 0 gets the smallest positive
     probability among the others (it never needs evaluating, but p must stay > 0).
 
+    **Time-dependent probabilities.** With `variances` of shape (N, K - 1), row n being
+    v_l(t_n) at step n (e.g. `VarianceProfile.at(step_times(t0, t1, N))`), the result
+    is a schedule (N, K) minimising sum_n sum_l p_{n,l} C_l under
+    sum_n sum_l v_{n,l} / p_{n,l} <= V: p_{n,l} = min(1, lambda sqrt(v_{n,l} / C_l))
+    with one global lambda, so the costly levels are drawn where they differ most.
+    (The h^2 of equal steps is a common factor and does not change p.)
+
     **Arguments:**
 
     - `costs`: c_1..c_K, cost of one evaluation of each level (FLOPs or seconds).
-    - `variances`: v_2..v_K, v_l = E||f^l - f^(l-1)||^2, shape (K - 1,).
+    - `variances`: v_2..v_K, v_l = E||f^l - f^(l-1)||^2, shape (K - 1,), or (N, K - 1)
+        per step for a schedule.
     - Exactly one knob fixing lambda:
-        - `top_level_evaluations` m with `num_steps` N: p_K = min(1, m / N), i.e. the
-          top correction is drawn about m times per trajectory;
-        - `variance_budget` V: sum_l v_l / p_l = V (or as small as p <= 1 allows).
+        - `top_level_evaluations` m with `num_steps` N: the top correction is drawn
+          about m times per trajectory, sum_n p_{n,K} = min(m, N) (p_K = min(1, m / N)
+          for constant probabilities); a schedule needs N == its number of rows;
+        - `variance_budget` V: the sum of v / p above equals V (or is as small as
+          p <= 1 allows).
     - `coupling`: `"nested"` or `"independent"`.
 
     **Returns:**
 
-    A NumPy array p of shape (K,) with p_1 = 1 and each p_l in (0, 1].
+    A NumPy array p of shape (K,), or (N, K) for a schedule, with p_1 = 1 and each p_l
+    in (0, 1].
     """
     c = correction_costs(costs, coupling)
-    v = _as_positive_vector("variances", variances, len(c))
+    v = _as_variances(variances, len(c))
     if len(c) == 0:
-        return np.ones(1)
+        return np.ones(v.shape[:-1] + (1,))
     if (c <= 0).any():
         raise ValueError(f"`costs` must be > 0, got {np.asarray(costs).tolist()}.")
     if (top_level_evaluations is None) == (variance_budget is None):
@@ -72,45 +83,76 @@ def optimal_probabilities(
         )
     shape = np.sqrt(v / c)
     if not (shape > 0).any():
-        return np.ones(len(c) + 1)
+        return np.ones(v.shape[:-1] + (len(c) + 1,))
     if top_level_evaluations is not None:
-        if not isinstance(num_steps, int) or num_steps <= 0:
-            raise ValueError(
-                "`num_steps` must be a positive int with `top_level_evaluations`, got "
-                f"{num_steps!r}."
-            )
-        if not top_level_evaluations > 0:
-            raise ValueError(
-                f"`top_level_evaluations` must be > 0, got {top_level_evaluations}."
-            )
-        if shape[-1] == 0:
-            raise ValueError(
-                "`top_level_evaluations` needs v_K > 0 to fix the scale, got v_K = 0."
-            )
-        scale = (top_level_evaluations / num_steps) / shape[-1]
+        scale = _scale_for_top_level(shape, top_level_evaluations, num_steps)
     else:
         scale = _scale_for_budget(shape, v, variance_budget)
     p = np.minimum(1.0, scale * shape)
     p = np.where(p > 0, p, p[p > 0].min())
     if coupling == "nested":
-        p = np.maximum.accumulate(p[::-1])[::-1]
-    return np.concatenate([[1.0], p])
+        p = np.maximum.accumulate(p[..., ::-1], axis=-1)[..., ::-1]
+    return np.concatenate([np.ones(p.shape[:-1] + (1,)), p], axis=-1)
+
+
+def _as_variances(variances: Any, length: int) -> np.ndarray:
+    v = np.asarray(variances, dtype=np.float64)
+    if v.ndim not in (1, 2) or v.shape[-1] != length:
+        raise ValueError(
+            f"`variances` must have shape ({length},) (v_2..v_K) or (N, {length}) (one row "
+            f"per step), got shape {v.shape}."
+        )
+    if not np.isfinite(v).all() or (v < 0).any():
+        raise ValueError(f"`variances` must be finite and >= 0, got {v.tolist()}.")
+    return v
+
+
+def _scale_for_top_level(shape: np.ndarray, evaluations: Any, num_steps: Any) -> float:
+    """lambda with sum_n min(1, lambda shape_{n,K}) = min(m, N); m / N / shape_K when the
+    probabilities are constant."""
+    if not isinstance(num_steps, (int, np.integer)) or num_steps <= 0:
+        raise ValueError(
+            "`num_steps` must be a positive int with `top_level_evaluations`, got "
+            f"{num_steps!r}."
+        )
+    if not evaluations > 0:
+        raise ValueError(f"`top_level_evaluations` must be > 0, got {evaluations}.")
+    top = shape[..., -1]
+    if shape.ndim == 2 and shape.shape[0] != num_steps:
+        raise ValueError(
+            f"`num_steps` ({num_steps}) must equal the number of rows of `variances` "
+            f"({shape.shape[0]}) for a schedule."
+        )
+    if not (top > 0).any():
+        raise ValueError(
+            "`top_level_evaluations` needs v_K > 0 to fix the scale, got v_K = 0."
+        )
+    if shape.ndim == 1:
+        return (evaluations / num_steps) / top
+    target = min(float(evaluations), float((top > 0).sum()))
+    return _bisect(lambda scale: np.minimum(1.0, scale * top).sum() < target,
+                   1.0 / top[top > 0].min())
 
 
 def _scale_for_budget(shape: np.ndarray, v: np.ndarray, budget: float | None) -> float:
-    """lambda with sum_l v_l / min(1, lambda shape_l) = budget, by bisection."""
+    """lambda with sum v / min(1, lambda shape) = budget over every entry, by bisection."""
     if budget is None or not budget > 0:
         raise ValueError(f"`variance_budget` must be > 0, got {budget}.")
     active = shape > 0
 
-    def variance(scale):
+    def too_much_variance(scale):
         p = np.minimum(1.0, scale * shape[active])
-        return float((v[active] / p).sum())
+        return float((v[active] / p).sum()) > budget
 
-    low, high = 1e-30, 1.0 / shape[active].min()
-    if variance(high) >= budget:
+    return _bisect(too_much_variance, 1.0 / shape[active].min())
+
+
+def _bisect(too_small: Any, high: float) -> float:
+    """The smallest scale in (0, high] with `too_small(scale)` False (high if none)."""
+    low = 1e-30
+    if too_small(high):
         return high
     for _ in range(200):
         middle = np.sqrt(low * high)
-        low, high = (middle, high) if variance(middle) > budget else (low, middle)
+        low, high = (middle, high) if too_small(middle) else (low, middle)
     return high

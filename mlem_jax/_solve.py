@@ -12,6 +12,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from ._brownian import brownian_increments
+from ._schedule import probabilities_at, probability_table
 from ._step import build_step, diagonal_noise, init
 from ._validation import (
     check_coupling,
@@ -19,7 +20,6 @@ from ._validation import (
     check_level_outputs,
     check_levels,
     check_num_steps,
-    check_probabilities,
     check_state,
     check_times,
     concrete_or_none,
@@ -88,7 +88,6 @@ def _scan(
         check_diffusion_output(diffusion, t0, y0, args)
         noise = diagonal_noise(diffusion)
         increments = brownian_increments(brownian, y0, t0, t1)
-    step = build_step(levels, probabilities, noise=noise, coupling=coupling)
 
     # The step index is carried rather than scanned over: on CPU, slicing it out of an
     # `xs` array each step makes the loop several times slower for small states.
@@ -98,6 +97,9 @@ def _scan(
         dt = grid_time(n + 1, t0, t1, num_steps) - t
         dw = None if increments is None else increments(n, t, dt)
         step_key = None if key is None else jax.random.fold_in(key, n)
+        step = build_step(
+            levels, probabilities_at(probabilities, n), noise=noise, coupling=coupling
+        )
         state, _ = step(step_key, state, t, dt, dw, args)
         if save is not None:
             saved = _store(saved, slots, n + 1, state.y)
@@ -150,7 +152,8 @@ def solve(
     """Solve dX = f(t, X) dt + g(t, X) dW with EM (one level) or ML-EM (several).
 
     Step n uses F_n = f^1 + sum_{l >= 2} (B_{n,l} / p_l) (f^l - f^(l-1)), with
-    P(B_{n,l} = 1) = p_l, so E[F_n | X_n] = f^K (the top level). The draws are shared by
+    P(B_{n,l} = 1) = p_l (p_{n,l} under a schedule), so E[F_n | X_n] = f^K (the top
+    level) at every step. The draws are shared by
     the whole batch, and a level that is not drawn is skipped with `lax.cond`, also when
     `solve` is `vmap`ped over `y0` with an unbatched `key`. The loop is a `lax.scan`,
     jit-compiled and differentiable.
@@ -164,7 +167,9 @@ def solve(
     - `t0`, `t1`: the time span; `t1 < t0` integrates backwards.
     - `num_steps`: the number of equal steps, a positive Python int.
     - `probabilities`: p_1..p_K, each in (0, 1], p_1 == 1, non-increasing under the
-        nested coupling. Required when K > 1.
+        nested coupling; required when K > 1. Or a schedule: an array (num_steps, K)
+        whose row n is used at step n, or a callable `t -> (K,)` evaluated at the
+        start of each step (see `optimal_probabilities` with time-binned variances).
     - `diffusion`: `g(t, y, args)`, broadcasting against `y` leaf by leaf (diagonal or
         scalar noise, applied as g * dW). None solves an ODE.
     - `key`: PRNG key of the level draws; required when K > 1.
@@ -183,9 +188,11 @@ def solve(
     """
     levels = check_levels(levels)
     check_coupling(coupling)
-    probabilities = check_probabilities(probabilities, len(levels), coupling)
     num_steps = check_num_steps(num_steps)
     check_times(t0, t1)
+    probabilities = probability_table(
+        probabilities, len(levels), coupling, t0, t1, num_steps
+    )
     if len(levels) > 1 and key is None:
         raise ValueError(
             f"`key` (PRNG key of the level draws) is required with {len(levels)} levels, "

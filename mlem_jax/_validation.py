@@ -133,9 +133,13 @@ def check_diffusion_output(
 
 
 def check_probabilities(
-    probabilities: Any, num_levels: int, coupling: str
+    probabilities: Any, num_levels: int, coupling: str, num_steps: int | None = None
 ) -> jax.Array | None:
-    """`probabilities` as a float array of shape (K,), or None when K == 1."""
+    """`probabilities` as a float array of shape (K,) or, for a schedule, (N, K) with
+    row n used at step n; None when K == 1.
+
+    `num_steps`, when known, is the N a schedule must have rows for.
+    """
     if probabilities is None:
         if num_levels > 1:
             raise ValueError(
@@ -146,29 +150,41 @@ def check_probabilities(
     p = jnp.asarray(probabilities)
     if not jnp.issubdtype(p.dtype, jnp.floating):
         p = p.astype(jnp.result_type(float))
-    if p.shape != (num_levels,):
+    steps = "N" if num_steps is None else num_steps
+    if p.ndim not in (1, 2) or p.shape[-1] != num_levels:
         raise ValueError(
-            f"`probabilities` must have shape ({num_levels},), one per level, "
-            f"got shape {p.shape}."
+            f"`probabilities` must have shape ({num_levels},), one per level, or "
+            f"({steps}, {num_levels}), one row per step; got shape {p.shape}."
+        )
+    if p.ndim == 2 and num_steps is not None and p.shape[0] != num_steps:
+        raise ValueError(
+            f"`probabilities` as a schedule must have one row per step, shape "
+            f"({num_steps}, {num_levels}); got shape {p.shape}."
         )
     values = concrete_or_none(probabilities)
     if values is not None:
-        values = values.astype(np.float64)
-        if np.isnan(values).any():
-            raise ValueError(f"`probabilities` must not be NaN, got {values.tolist()}.")
-        if ((values <= 0) | (values > 1)).any():
-            raise ValueError(
-                f"`probabilities` must lie in (0, 1], got {values.tolist()}."
-            )
-        if values[0] != 1:
-            raise ValueError(
-                "`probabilities[0]` must be 1: the cheapest level is evaluated at every "
-                f"step; got {values[0]}."
-            )
-        if coupling == "nested" and (np.diff(values) > 0).any():
-            raise ValueError(
-                "`probabilities` must be non-increasing in the level under the nested "
-                f"coupling, got {values.tolist()}. Sort them, or use "
-                "coupling='independent'."
-            )
+        rows = values.astype(np.float64).reshape(-1, num_levels)
+        for index, row in enumerate(rows):
+            where = "" if p.ndim == 1 else f"{index}"
+            _check_probability_row(where, row, coupling)
     return p
+
+
+def _check_probability_row(row: str, values: np.ndarray, coupling: str) -> None:
+    """Check one row of probabilities; `row` is its index in a schedule, or ""."""
+    name = f"`probabilities[{row}]`" if row else "`probabilities`"
+    first = f"`probabilities[{row}, 0]`" if row else "`probabilities[0]`"
+    if np.isnan(values).any():
+        raise ValueError(f"{name} must not be NaN, got {values.tolist()}.")
+    if ((values <= 0) | (values > 1)).any():
+        raise ValueError(f"{name} must lie in (0, 1], got {values.tolist()}.")
+    if values[0] != 1:
+        raise ValueError(
+            f"{first} must be 1: the cheapest level is evaluated at every step; "
+            f"got {values[0]}."
+        )
+    if coupling == "nested" and (np.diff(values) > 0).any():
+        raise ValueError(
+            f"{name} must be non-increasing in the level under the nested coupling, got "
+            f"{values.tolist()}. Sort them, or use coupling='independent'."
+        )
