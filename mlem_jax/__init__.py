@@ -8,6 +8,7 @@ from ._probabilities import correction_costs, optimal_probabilities
 from ._profile import VarianceProfile, variance_profile
 from ._sampled_path import SampledBrownianPath, sample_brownian_path
 from ._schedule import step_times
+from ._sensitivity import error_sensitivity
 from ._solve import Solution, solve
 from ._step import MLEMInfo, MLEMState, build_step, diagonal_noise, init
 from ._synthetic import RandomFeatureDrift, random_feature_drift, random_feature_levels
@@ -31,6 +32,7 @@ __all__ = [
     "cost_to_reach",
     "diagonal_noise",
     "draw_levels",
+    "error_sensitivity",
     "evaluations",
     "fit_gamma",
     "frontier_slope",

@@ -201,3 +201,16 @@ def test_variance_profile_fills_empty_bins_from_the_nearest_and_checks_bins():
         mlem_jax.variance_profile(levels, jnp.zeros(2), jnp.ones((2, 3)), bins=[1.0, 0.0])
     with pytest.raises(ValueError, match="at least two levels"):
         mlem_jax.variance_profile(levels[:1], jnp.zeros(2), jnp.ones((2, 3)))
+
+
+@pytest.mark.parametrize("t0, t1, noisy", [(0.0, 1.0, False), (1.0, 0.0, True)])
+def test_error_sensitivity_is_exact_for_a_linear_drift(t0, t1, noisy):
+    # EM on f = -a y: X_N = (1 - h a)^(N - 1 - n) X_{n+1}, in every direction.
+    a, num_steps = 2.0, 10
+    h = abs(t1 - t0) / num_steps
+    extra = dict(diffusion=lambda t, y, args: 0.5, brownian=jax.random.key(1)) if noisy else {}
+    ts, w = mlem_jax.error_sensitivity(lambda t, y, args: -a * y * np.sign(t1 - t0),
+                                       jnp.ones(5), t0, t1, num_steps, **extra)
+    assert np.allclose(ts, np.asarray(mlem_jax.step_times(t0, t1, num_steps)))
+    expected = (1 - h * a) ** (2 * (num_steps - 1 - np.arange(num_steps)))
+    assert np.allclose(w, expected, rtol=1e-5)
