@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mlem_jax.diffusion.brownian import grid_brownian_path
-from mlem_jax.diffusion.calibrate import calibrate, probabilities_for
+from mlem_jax.diffusion.calibrate import calibrate, probabilities_for, schedule_for
 from mlem_jax.diffusion.metrics import frechet_distance, strong_error
 from mlem_jax.diffusion.sample import (
     T_MIN, initial_noise, method_cost, sample, score_levels, stitch_evaluations,
@@ -36,6 +36,9 @@ def test_each_sampler_runs(kind):
     assert em.evaluations.tolist() == stitched.evaluations.tolist() == [STEPS]
     assert cheap.evaluations[0] == STEPS and cheap.evaluations[1] < STEPS
     assert not np.allclose(stitched.ys, em.ys) and not np.allclose(cheap.ys, em.ys)
+    # A schedule: both levels at the first step, the large one never after (p = 1e-7).
+    scheduled = _run("mlem", kind, probabilities=[[1.0, 1.0]] + [[1.0, 1e-7]] * (STEPS - 1))
+    assert scheduled.evaluations.tolist() == [STEPS, 1]
 
 
 def test_samplers_agree_where_they_must(kind="sde"):
@@ -106,8 +109,16 @@ def test_calibration_along_sampling_runs():
     result = calibrate(levels, jax.random.key(0), IMAGE_SHAPE, count=2, num_steps=4, repeats=1)
     for name in ("variances", "errors", "flops", "seconds"):
         assert np.isfinite(result[name]).all(), name
-    assert result["points"] == 5 and result["errors"][-1] == 0.0 and result["errors"][0] > 0
+    assert result["points"] == 4 and result["errors"][-1] == 0.0 and result["errors"][0] > 0
     assert result["variances"][0] == pytest.approx(result["errors"][0] ** 2, rel=1e-4)
     assert result["flops"][0] < result["flops"][1] and result["gamma"] is None
     p = probabilities_for(result, 16, top_level_evaluations=2.0)
     assert p[0] == 1.0 and p[1] == pytest.approx(2 / 16)
+    profile, sensitivity = result["profile"], result["sensitivity"]
+    assert sum(profile["counts"]) == 4 and np.isfinite(profile["variances"]).all()
+    assert len(sensitivity["gains"]) == 4 and sensitivity["gains"][-1] == pytest.approx(1.0)
+    assert sensitivity["times"][-1] == pytest.approx(T_MIN)
+    for weighted in (False, True):
+        schedule = schedule_for(result, 16, 2.0, weighted=weighted)
+        assert schedule.shape == (16, 2) and (schedule[:, 0] == 1).all()
+        assert schedule[:, 1].sum() == pytest.approx(2.0)

@@ -11,12 +11,16 @@ from jaxtyping import PRNGKeyArray
 
 from .._calibrate import fit_gamma, level_costs, level_statistics
 from .._probabilities import optimal_probabilities
-from .sample import initial_noise, sample
+from .._profile import VarianceProfile, variance_profile
+from .._schedule import step_times
+from .._sensitivity import error_sensitivity
+from .sample import T_MIN, initial_noise, sample
 from .sde import ScoreDrift
 
 
 def calibrate(levels: Sequence[ScoreDrift], key: PRNGKeyArray, image_shape: Sequence[int],
-              *, count: int = 16, num_steps: int = 64, repeats: int = 10) -> dict:
+              *, count: int = 16, num_steps: int = 64, repeats: int = 10, bins: int = 16
+              ) -> dict:
     """Measure the levels on (t, X_t) pairs of real sampling runs.
 
     **Arguments:**
@@ -28,30 +32,46 @@ def calibrate(levels: Sequence[ScoreDrift], key: PRNGKeyArray, image_shape: Sequ
     - `num_steps`: EM steps of the run; every step's (t, X_t) is a calibration point.
     - `image_shape`: (C, H, W) of one image.
     - `repeats`: timing repeats per level.
+    - `bins`: time bins of the profile v_l(t), log-spaced over [t_min, 1].
 
     **Returns:**
 
     A dict of lists: `variances` v_l (K - 1), `errors` eps_l against the largest level
     (K), `flops` and `seconds` per image per evaluation (K), `gamma` (fit on FLOPs) and
-    `gamma_seconds` (None with fewer than 3 levels: eps_K = 0 leaves too few points), and `probabilities` optimal for the FLOPs costs with the largest
-    level evaluated about twice per `num_steps` steps.
+    `gamma_seconds` (None with fewer than 3 levels: eps_K = 0 leaves too few points),
+    `probabilities` optimal for the FLOPs costs with the largest level evaluated about
+    twice per `num_steps` steps, `profile` (v_l(t) per image: `edges`, `variances`,
+    `counts`) and `sensitivity` (`times` t_(n+1), `gains` w_n of `error_sensitivity`).
+    Every statistic is taken at the steps' start points, where the drift is evaluated.
     """
     noise_key, path_key = jax.random.split(key)
     x1 = initial_noise(noise_key, count, image_shape)
     run = sample("em", levels, x1, num_steps, brownian=path_key, saveat="steps")
-    stats = level_statistics(levels, run.ts, run.ys)
+    ts, ys = run.ts[:-1], run.ys[:-1]
+    stats = level_statistics(levels, ts, ys)
+    edges = np.geomspace(T_MIN, 1.0, bins + 1)
+    profile = variance_profile(levels, ts, ys, bins=edges)
+    sde_kind = levels[-1].kind == "sde"
+    _, gains = error_sensitivity(
+        levels[-1], x1, 1.0, T_MIN, num_steps,
+        diffusion=levels[-1].sde.diffusion if sde_kind else None,
+        brownian=path_key if sde_kind else None,
+    )
     costs = level_costs(levels, run.ts[0], x1, repeats=repeats)
     flops, seconds = costs.flops / count, costs.seconds / count
     variances, errors = stats.variances / count, stats.errors / np.sqrt(count)
     probabilities = optimal_probabilities(flops, variances, top_level_evaluations=2.0,
                                           num_steps=num_steps)
     return {
-        "points": int(len(run.ts)), "images": count, "kind": levels[-1].kind,
+        "points": int(len(ts)), "images": count, "kind": levels[-1].kind,
         "variances": variances.tolist(), "errors": errors.tolist(),
         "flops": flops.tolist(), "seconds": seconds.tolist(),
         "gamma": fit_gamma(flops, errors) if len(levels) > 2 else None,
         "gamma_seconds": fit_gamma(seconds, errors) if len(levels) > 2 else None,
         "probabilities": probabilities.tolist(),
+        "profile": {"edges": edges.tolist(), "variances": (profile.variances / count).tolist(),
+                    "counts": profile.counts.tolist()},
+        "sensitivity": {"times": np.asarray(run.ts[1:]).tolist(), "gains": gains.tolist()},
     }
 
 
@@ -63,6 +83,29 @@ def probabilities_for(calibration: dict, num_steps: int, top_level_evaluations: 
                               top_level_evaluations=top_level_evaluations,
                               num_steps=num_steps)
     return tuple(float(x) for x in p)
+
+
+def schedule_for(calibration: dict, num_steps: int, top_level_evaluations: float = 2.0,
+                 *, weighted: bool = False, t_min: float = T_MIN) -> np.ndarray:
+    """Optimal p_l(t_n), shape (num_steps, K): the measured v_l(t) (FLOPs costs, one
+    global multiplier) with the largest level drawn about `top_level_evaluations` times
+    in `num_steps` steps. `weighted` multiplies v_l(t_n) by the sensitivity w of the
+    time the step's error lands at, t_(n+1): the final-time error is minimised instead
+    of the sum of the per-step errors."""
+    profile = calibration["profile"]
+    stored = VarianceProfile(np.asarray(profile["edges"]), np.asarray(profile["variances"]),
+                             np.asarray(profile["counts"]))
+    ts = np.asarray(step_times(1.0, t_min, num_steps), dtype=np.float64)
+    variances = stored.at(ts)
+    if weighted:
+        sensitivity = calibration["sensitivity"]
+        times, gains = np.asarray(sensitivity["times"]), np.asarray(sensitivity["gains"])
+        order = np.argsort(times)
+        landing = ts + (t_min - 1.0) / num_steps
+        variances = variances * np.interp(landing, times[order], gains[order])[:, None]
+    return optimal_probabilities(calibration["flops"], variances,
+                                 top_level_evaluations=top_level_evaluations,
+                                 num_steps=num_steps)
 
 
 def read_calibration(path: str | os.PathLike, kind: str) -> dict | None:

@@ -19,13 +19,14 @@ class Setting(NamedTuple):
     """One sampler configuration.
 
     - `method`: `"em"`, `"mlem"` or `"tstitch"`; `num_steps`: steps from 1 to t_min.
-    - `probabilities`: p_l for ML-EM; `switch`, `small`: T-Stitch's hand-over.
+    - `probabilities`: p_l for ML-EM, (K,) or a schedule (num_steps, K) as nested
+        tuples or an array; `switch`, `small`: T-Stitch's hand-over.
     - `label`: a short description for tables.
     """
 
     method: str
     num_steps: int
-    probabilities: tuple[float, ...] | None = None
+    probabilities: Any = None
     switch: float | None = None
     small: int = -2
     label: str = ""
@@ -60,7 +61,7 @@ def compile_sampler(setting: Setting, levels: Sequence[ScoreDrift], x1: Array,
         )
 
     key = jax.random.key(0)
-    p = jnp.ones(len(levels)) if setting.method == "mlem" else None
+    p = jnp.ones(np.shape(setting.probabilities)) if setting.method == "mlem" else None
     compiled = jax.jit(run).lower(dynamic, x1, brownian, key, p).compile()
     return lambda x1, brownian, key, p: compiled(dynamic, x1, brownian, key, p)
 
@@ -86,7 +87,7 @@ def run_setting(setting: Setting, levels: Sequence[ScoreDrift], x1: Array, brown
     An `Outcome`.
     """
     signature = (setting.method, setting.num_steps, setting.switch, setting.small, x1.shape,
-                 type(brownian).__name__)
+                 type(brownian).__name__, np.shape(setting.probabilities))
     cache = {} if cache is None else cache
     if signature not in cache:
         cache[signature] = compile_sampler(setting, levels, x1, brownian)

@@ -71,7 +71,8 @@ def sample(
     - `num_steps`: number of equal steps.
     - `key`: PRNG key of the ML-EM level draws (unused by the other methods).
     - `brownian`: a PRNG key or a diffrax Brownian path of the shape of `x1`.
-    - `probabilities`: p_1..p_K for `"mlem"`.
+    - `probabilities`: p_1..p_K for `"mlem"`, or a schedule (`num_steps`, K) (see
+        `mlem_jax.diffusion.calibrate.schedule_for`).
     - `switch`, `small`: the T-Stitch switch time and the index of its small level.
     - `t_min`: the final time.
     - `saveat`: passed to `solve`.
