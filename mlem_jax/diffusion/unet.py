@@ -112,7 +112,9 @@ class UNet(eqx.Module):
                 f"UNet takes ONE image of shape ({self.channels}, H, W) (vmap over a "
                 f"batch), got shape {x.shape}."
             )
-        embedding = self.embed(time_features(jnp.asarray(t, x.dtype)))
+        # The features are computed in float32 (their frequencies are float32) and cast to
+        # the dtype of x, so a bfloat16 UNet (`mlem_jax.in_precision`) stays in bfloat16.
+        embedding = self.embed(time_features(jnp.asarray(t, x.dtype)).astype(x.dtype))
         h = self.conv_in(x)
         skips = []
         for i, block in enumerate(self.down):
