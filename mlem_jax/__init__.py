@@ -4,11 +4,13 @@ from ._calibrate import LevelCosts, LevelStatistics, fit_gamma, level_costs, lev
 from ._diffrax import MLEM, MLEMSolverState, MultilevelTerm, evaluations
 from ._frontier import cost_to_reach, frontier_slope, pareto_frontier
 from ._levels import draw_levels, levels_to_evaluate, multilevel_drift
+from ._precision import InPrecision, in_precision
 from ._probabilities import correction_costs, optimal_probabilities
 from ._profile import VarianceProfile, variance_profile
 from ._sampled_path import SampledBrownianPath, sample_brownian_path
 from ._schedule import step_times
 from ._sensitivity import error_sensitivity
+from ._sharding import batch_mesh, batch_sharding, shard_batch
 from ._solve import Solution, solve
 from ._step import MLEMInfo, MLEMState, build_step, diagonal_noise, init
 from ._synthetic import RandomFeatureDrift, random_feature_drift, random_feature_levels
@@ -16,6 +18,7 @@ from ._timing import interleaved_median_seconds, median_seconds
 
 
 __all__ = [
+    "InPrecision",
     "LevelCosts",
     "LevelStatistics",
     "MLEM",
@@ -27,6 +30,8 @@ __all__ = [
     "SampledBrownianPath",
     "Solution",
     "VarianceProfile",
+    "batch_mesh",
+    "batch_sharding",
     "build_step",
     "correction_costs",
     "cost_to_reach",
@@ -36,6 +41,7 @@ __all__ = [
     "evaluations",
     "fit_gamma",
     "frontier_slope",
+    "in_precision",
     "init",
     "interleaved_median_seconds",
     "level_costs",
@@ -48,6 +54,7 @@ __all__ = [
     "random_feature_drift",
     "random_feature_levels",
     "sample_brownian_path",
+    "shard_batch",
     "solve",
     "step_times",
     "variance_profile",

@@ -1,0 +1,120 @@
+"""Levels in bfloat16 inside a float32 solve: dtypes, real bf16 compute, and an error
+within a bound derived from bfloat16's unit roundoff."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+import pytest
+
+import mlem_jax
+from mlem_jax.diffusion.sample import initial_noise, sample, score_levels
+
+from diffusion_helpers import IMAGE_SHAPE, tiny_unets
+
+U16 = float(jnp.finfo(jnp.bfloat16).eps) / 2  # unit roundoff of bfloat16: 2^-8
+U32 = float(jnp.finfo(jnp.float32).eps) / 2  # 2^-24
+DIM = 16
+
+
+class Linear(eqx.Module):
+    """f(t, y) = B y: its bfloat16 error has a classical bound."""
+
+    matrix: jax.Array
+
+    def __call__(self, t, y, args):
+        return self.matrix @ y
+
+
+def _levels():
+    k1, k2 = jax.random.split(jax.random.key(0))
+    b1 = -jnp.eye(DIM) + jax.random.normal(k1, (DIM, DIM)) / DIM
+    b2 = b1 + 0.1 * jax.random.normal(k2, (DIM, DIM)) / DIM
+    return [Linear(b1), Linear(b2)]
+
+
+def _norm(matrix) -> float:
+    return float(jnp.abs(matrix).sum(axis=1).max())  # the infinity norm
+
+
+def _evaluation_bound() -> float:
+    """|fl(B y) - B y| <= c |B| |y| componentwise, y and B rounded to bf16 (u each), a
+    dot product of DIM terms in any order (gamma_DIM) and the bf16 result rounded (u)."""
+    gamma = DIM * U16 / (1 - DIM * U16)
+    return (1 + U16) ** 3 * (1 + gamma) - 1
+
+
+def test_level_dtypes_and_single_evaluation_bound():
+    level = _levels()[1]
+    low = mlem_jax.in_precision(level)
+    assert low.level.matrix.dtype == jnp.bfloat16 and level.matrix.dtype == jnp.float32
+    y = jax.random.normal(jax.random.key(1), (DIM,))
+    exact, rounded = level(0.0, y, None), low(0.0, y, None)
+    assert rounded.dtype == jnp.float32
+    bound = _evaluation_bound() * (jnp.abs(level.matrix) @ jnp.abs(y))
+    assert bool((jnp.abs(rounded - exact) <= bound).all())
+    # Really bfloat16: float32 would be ~2^-24 off, bfloat16 is ~2^-8 off.
+    assert float(jnp.abs(rounded - exact).max()) > 2.0**-16 * float(jnp.abs(exact).max())
+    jaxpr = str(jax.make_jaxpr(low)(0.0, y, None))
+    assert "dot_general" in jaxpr and all(
+        "bf16" in line for line in jaxpr.splitlines() if "dot_general" in line
+    )
+
+
+@pytest.mark.parametrize("method", ["em", "mlem"])
+def test_solve_in_bfloat16_stays_within_the_derived_bound(method):
+    levels = _levels() if method == "mlem" else _levels()[1:]
+    p = 0.3
+    kw = dict(probabilities=[1.0, p] if method == "mlem" else None, key=jax.random.key(2),
+              diffusion=lambda t, y, args: 0.3, brownian=jax.random.key(3), saveat="steps")
+    y0, steps = jnp.ones(DIM), 20
+    exact = mlem_jax.solve(levels, y0, 0.0, 1.0, steps, **kw)
+    low = mlem_jax.solve([mlem_jax.in_precision(f) for f in levels], y0, 0.0, 1.0, steps, **kw)
+    assert low.ys.dtype == jnp.float32
+    assert low.evaluations.tolist() == exact.evaluations.tolist()
+    # e_{n+1} <= (1 + h L) e_n + h D_n + rounding of the float32 update, where D_n bounds
+    # the bf16 error of the drift estimate at the bf16 run's state and L its Lipschitz
+    # constant: F = f1 + (B / p)(f2 - f1), so D = c (|B1| + (|B1| + |B2|) / p) |y| at most.
+    h, c = 1.0 / steps, _evaluation_bound()
+    norms = [_norm(f.matrix) for f in levels]
+    if method == "mlem":
+        lipschitz = norms[0] + _norm(levels[1].matrix - levels[0].matrix) / p
+        scale = norms[0] + (norms[0] + norms[1]) / p
+    else:
+        lipschitz = scale = norms[0]
+    bound = 0.0
+    for y in np.abs(np.asarray(low.ys[:-1])).max(axis=1):
+        drift = scale * y
+        bound = (1 + h * lipschitz) * bound + h * c * drift + 4 * U32 * (y + h * drift + 1)
+    error = float(jnp.abs(low.ys[-1] - exact.ys[-1]).max())
+    assert error <= bound, (error, bound)
+    assert error > 2.0**-16 * float(jnp.abs(exact.ys[-1]).max())  # really bfloat16
+
+
+def test_unet_levels_compute_in_bfloat16_and_sample_in_float32():
+    levels = score_levels(tiny_unets(), "sde")
+    low = [mlem_jax.in_precision(f) for f in levels]
+    floating = [x.dtype for x in jtu.tree_leaves(low) if eqx.is_inexact_array(x)]
+    assert floating and all(d == jnp.bfloat16 for d in floating)
+    x1 = initial_noise(jax.random.key(1), 2, IMAGE_SHAPE)
+    jaxpr = str(jax.make_jaxpr(low[1])(jnp.asarray(0.5), x1, None))
+    convolutions = [line for line in jaxpr.splitlines() if "conv_general_dilated" in line]
+    assert convolutions and all("bf16[" in line.split("=")[0] for line in convolutions)
+    assert low[1](0.5, x1, None).dtype == jnp.float32
+    kw = dict(key=jax.random.key(3), brownian=jax.random.key(2), probabilities=(1.0, 0.5))
+    ys = sample("mlem", low, x1, 4, **kw).ys
+    assert ys.dtype == jnp.float32 and bool(jnp.isfinite(ys).all())
+
+
+def test_pytree_states_and_refusals():
+    level = lambda t, y, args: {"a": 2.0 * y["a"], "n": y["n"]}
+    y = {"a": jnp.ones(3), "n": jnp.arange(3)}
+    out = mlem_jax.in_precision(level)(0.0, y, None)
+    assert out["a"].dtype == jnp.float32 and out["n"].dtype == y["n"].dtype
+    with pytest.raises(ValueError, match="`dtype` must be a floating dtype"):
+        mlem_jax.in_precision(level, jnp.int32)
+    with pytest.raises(ValueError, match="`dtype` must be a floating dtype"):
+        mlem_jax.in_precision(level, "bfloat17")
+    with pytest.raises(TypeError, match="`level` must be a callable"):
+        mlem_jax.in_precision(jnp.ones(3))
