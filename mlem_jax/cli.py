@@ -1,4 +1,5 @@
-"""The `mlem-jax` command: train, calibrate, sample, demo, bench (diffusion) and sde-demo."""
+"""The `mlem-jax` command: train, calibrate, sample, demo, bench (diffusion), sde-demo and
+distributed-sample (the multi-process launcher)."""
 
 import argparse
 import sys
@@ -19,6 +20,12 @@ def _widths(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in parts)
 
 
+def _natural(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return int(text)
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -27,6 +34,17 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
     return value
+
+
+def _probabilities(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0.0 < v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers in (0, 1], got {text!r}")
+    return values
 
 
 def _sde_demo(a: argparse.Namespace) -> None:
@@ -103,6 +121,58 @@ def _bench(a: argparse.Namespace) -> None:
     run_bench(a.checkpoints, count=a.count, num_steps=a.steps, repeats=a.repeats, seed=a.seed)
 
 
+def _distributed_sample(a: argparse.Namespace) -> None:
+    import time
+
+    from . import distributed
+
+    distributed.check_coordinator(a.coordinator, "--coordinator")
+    if a.process_id >= a.num_processes:
+        raise ValueError(f"--process-id must be in [0, {a.num_processes}) for "
+                         f"--num-processes {a.num_processes}, got {a.process_id}")
+    devices = a.num_processes * a.local_devices
+    if a.count % devices:
+        raise ValueError(f"--count must be a multiple of the {devices} devices "
+                         f"(--num-processes x --local-devices), got {a.count}")
+    if Path(a.out).suffix != ".npz":
+        raise ValueError(f"--out must end in .npz, got {a.out!r}")
+    distributed.initialize(a.coordinator, a.num_processes, a.process_id,
+                           local_device_count=a.local_devices, timeout=a.timeout)
+    import jax
+    import numpy as np
+
+    from .diffusion.calibrate import probabilities_for
+    from .diffusion.demo import prepare
+    from .diffusion.levels import load_levels
+    from .diffusion.sample import score_levels, stitch_switch
+
+    probabilities = a.probabilities
+    if a.method == "mlem" and probabilities is None:
+        levels, image_shape, calibration = prepare(a.checkpoints, a.kind, a.seed)
+        probabilities = probabilities_for(calibration, a.steps, a.top_evaluations)
+    else:
+        models, manifests = load_levels(a.checkpoints)
+        levels, image_shape = score_levels(models, a.kind), manifests[-1]["image_shape"]
+    if a.method == "mlem" and len(probabilities) != len(levels):
+        raise ValueError(f"--probabilities must hold {len(levels)} values, one per level, "
+                         f"got {len(probabilities)}")
+    start = time.perf_counter()
+    samples, evaluations = distributed.sample_sharded(
+        a.method, levels, jax.random.key(a.seed), a.count, image_shape, a.steps,
+        probabilities=probabilities,
+        switch=stitch_switch(a.stitch_fraction) if a.method == "tstitch" else None,
+    )
+    seconds = time.perf_counter() - start
+    print(f"process {a.process_id} of {a.num_processes}: {a.count} samples by {a.method} "
+          f"({a.steps} steps) on {jax.device_count()} devices, {jax.local_device_count()} "
+          f"here, {seconds:.2f} s with compilation; evaluations {evaluations.tolist()}",
+          flush=True)
+    if a.process_id == 0:
+        np.savez(a.out, samples=samples, evaluations=evaluations)
+        print(f"wrote {a.out}", flush=True)
+    distributed.shutdown()
+
+
 def _parser() -> argparse.ArgumentParser:
     from .diffusion.levels import CHECKPOINTS, WIDTHS
 
@@ -159,6 +229,31 @@ def _parser() -> argparse.ArgumentParser:
     sde = command("sde-demo", "solve a small SDE with EM and ML-EM; print cost and error",
                   _sde_demo, checkpoints=False)
     sde.add_argument("--paths", type=_positive, default=256, help="number of sample paths")
+
+    dist = command("distributed-sample", "sample one batch over several processes (hosts): "
+                   "start once per process; process 0 writes the gathered samples",
+                   _distributed_sample)
+    dist.add_argument("--coordinator", required=True,
+                      help="host:port of process 0, the same for every process")
+    dist.add_argument("--num-processes", type=_positive, required=True)
+    dist.add_argument("--process-id", type=_natural, required=True, help="0 .. N-1")
+    dist.add_argument("--local-devices", type=_positive, default=1,
+                      help="CPU devices per process (default 1)")
+    dist.add_argument("--timeout", type=_positive, default=300,
+                      help="seconds to wait for the other processes")
+    dist.add_argument("--method", choices=("em", "mlem", "tstitch"), default="mlem")
+    dist.add_argument("--kind", choices=("sde", "ode"), default="sde")
+    dist.add_argument("--steps", type=_positive, default=64)
+    dist.add_argument("--count", type=_positive, default=16,
+                      help="global number of samples, a multiple of the devices")
+    dist.add_argument("--top-evaluations", type=float, default=2.0,
+                      help="ML-EM: expected evaluations of the largest UNet per run")
+    dist.add_argument("--probabilities", type=_probabilities,
+                      help="ML-EM: p_1..p_K, one per checkpoint, e.g. 1,0.3 (default: from "
+                           "<checkpoints>/calibration.json and --top-evaluations)")
+    dist.add_argument("--stitch-fraction", type=_fraction, default=0.5,
+                      help="T-Stitch: share of the time span on the small UNet")
+    dist.add_argument("--out", default="samples.npz", help="output .npz (process 0)")
     return parser
 
 
