@@ -1,6 +1,12 @@
 """Levels in bfloat16 inside a float32 solve: dtypes, real bf16 compute, and an error
 within a bound derived from bfloat16's unit roundoff."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -118,3 +124,17 @@ def test_pytree_states_and_refusals():
         mlem_jax.in_precision(level, "bfloat17")
     with pytest.raises(TypeError, match="`level` must be a callable"):
         mlem_jax.in_precision(jnp.ones(3))
+
+
+@pytest.mark.slow
+def test_bfloat16_experiment_quick(tmp_path):
+    script = Path(__file__).parents[1] / "experiments" / "bfloat16.py"
+    subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)],
+                   check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=600)
+    report = json.loads((tmp_path / "bfloat16_quick.json").read_text())
+    assert (tmp_path / "bfloat16_quick_table.md").read_text().startswith("| method |")
+    for run in report["runs"]:
+        assert run["same_draws"] and 0 < run["bfloat16_vs_float32"] < run["error_float32"]
+    # One bf16 evaluation is off by a few unit roundoffs (2^-8) of the drift at t >= 0.1.
+    assert all(0 < e < 8 * U16 for p in report["level_errors"] if p["t"] >= 0.1
+               for e in p["levels"])
