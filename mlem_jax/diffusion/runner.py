@@ -80,14 +80,18 @@ def run_setting(setting: Setting, levels: Sequence[ScoreDrift], x1: Array, brown
     - `key`: PRNG key of the ML-EM level draws.
     - `flops`: FLOPs of one evaluation of each level per image, (K,).
     - `cache`: a dict owned by the caller that keeps compiled samplers between calls
-        with the same method, steps, switch and arguments of the same shapes.
+        with the same method, steps, switch and arguments of the same shapes, dtypes
+        (levels' included) and sharding.
 
     **Returns:**
 
     An `Outcome`.
     """
+    dtypes = tuple(str(leaf.dtype) for leaf in jax.tree_util.tree_leaves(
+        eqx.filter(list(levels), eqx.is_array)))
     signature = (setting.method, setting.num_steps, setting.switch, setting.small, x1.shape,
-                 type(brownian).__name__, np.shape(setting.probabilities))
+                 x1.dtype, getattr(x1, "sharding", None), type(brownian).__name__,
+                 np.shape(setting.probabilities), dtypes)
     cache = {} if cache is None else cache
     if signature not in cache:
         cache[signature] = compile_sampler(setting, levels, x1, brownian)
