@@ -1,4 +1,5 @@
-"""The diffusion demo and benchmark: EM, ML-EM and T-Stitch on the shipped UNets."""
+"""The diffusion demo and benchmark: EM, ML-EM (constant and time-dependent p_l) and
+T-Stitch on the shipped UNets."""
 
 import os
 import time
@@ -6,11 +7,12 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .._calibrate import level_costs
 from .._timing import interleaved_median_seconds
 from .brownian import grid_brownian_path
-from .calibrate import calibrate, probabilities_for, read_calibration
+from .calibrate import calibrate, probabilities_for, read_calibration, schedule_for
 from .images import save_samples
 from .levels import CHECKPOINTS, load_levels
 from .metrics import strong_error
@@ -33,7 +35,8 @@ def prepare(directory: str | os.PathLike = CHECKPOINTS, kind: str = "sde", seed:
     levels = score_levels(models, kind)
     image_shape = tuple(manifests[-1]["image_shape"])
     calibration = read_calibration(Path(directory) / "calibration.json", kind)
-    if calibration is None or len(calibration["flops"]) != len(levels):
+    if (calibration is None or len(calibration["flops"]) != len(levels)
+            or "profile" not in calibration):
         calibration = calibrate(levels, jax.random.key(seed), image_shape, count=8,
                                 num_steps=32, repeats=3)
     return levels, image_shape, calibration
@@ -42,12 +45,16 @@ def prepare(directory: str | os.PathLike = CHECKPOINTS, kind: str = "sde", seed:
 def demo_settings(calibration: dict, em_steps: int = 32, mlem_steps: int = 64,
                   top_level_evaluations: float = 8.0) -> list[Setting]:
     """EM with the largest UNet, ML-EM with all of them (the largest drawn about
-    `top_level_evaluations` times), T-Stitch (half the time span on the second largest)."""
+    `top_level_evaluations` times) with constant p_l and with p_l(t) on the
+    sensitivity-weighted v_l(t), T-Stitch (half the time span on the second largest)."""
+    schedule = schedule_for(calibration, mlem_steps, top_level_evaluations, weighted=True)
     return [
         Setting("em", em_steps, label=f"EM, largest UNet, {em_steps} steps"),
         Setting("mlem", mlem_steps,
                 probabilities_for(calibration, mlem_steps, top_level_evaluations),
                 label=f"ML-EM, {mlem_steps} steps, m={top_level_evaluations:g}"),
+        Setting("mlem", mlem_steps, tuple(map(tuple, schedule.tolist())),
+                label=f"ML-EM p(t), {mlem_steps} steps, m={top_level_evaluations:g}"),
         Setting("tstitch", em_steps, switch=stitch_switch(0.5),
                 label=f"T-Stitch 50%, {em_steps} steps"),
     ]
@@ -55,7 +62,8 @@ def demo_settings(calibration: dict, em_steps: int = 32, mlem_steps: int = 64,
 
 def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 8, seed: int = 0,
              out_dir: str | os.PathLike = ".", reference_steps: int = 128) -> list[dict]:
-    """Sample with EM, ML-EM and T-Stitch from the same noise and Brownian path; print
+    """Sample with EM, ML-EM (p_l and p_l(t)) and T-Stitch from the same noise and
+    Brownian path; print
     cost and strong error against a fine EM reference; write one PNG grid per method.
 
     **Returns:**
@@ -72,7 +80,8 @@ def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 8, seed
     rows = []
     for setting in demo_settings(calibration):
         outcome = run_setting(setting, levels, x1, path, draw_key, flops)
-        png = save_samples(Path(out_dir) / f"demo_{setting.method}.png", outcome.samples)
+        name = setting.method + ("_schedule" if np.ndim(setting.probabilities) == 2 else "")
+        png = save_samples(Path(out_dir) / f"demo_{name}.png", outcome.samples)
         rows.append({"method": setting.label, "gflops": outcome.flops / 1e9,
                      "seconds": outcome.seconds,
                      "error": strong_error(outcome.samples, reference.samples),
