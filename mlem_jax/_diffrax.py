@@ -23,14 +23,13 @@ import jax.tree_util as jtu
 from diffrax._term import AdjointTerm, WrapTerm
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
-from ._schedule import checked_schedule_row
+from ._schedule import check_schedule_callable, checked_schedule_row
 from ._step import MLEMState, build_step
 from ._validation import (
     check_coupling,
     check_level_outputs,
     check_levels,
     check_probabilities,
-    describe,
 )
 
 
@@ -76,12 +75,7 @@ class MultilevelTerm(diffrax.AbstractTerm):
         check_coupling(coupling)
         self.coupling = coupling
         if callable(probabilities):
-            out = jax.eval_shape(probabilities, 0.0)
-            if getattr(out, "shape", None) != (len(self.levels),):
-                raise ValueError(
-                    "`probabilities` as a callable must map a time t to an array of shape "
-                    f"({len(self.levels)},), one per level; got {describe(out)}."
-                )
+            check_schedule_callable(probabilities, len(self.levels))
             self.probabilities = probabilities
         else:
             self.probabilities = check_probabilities(

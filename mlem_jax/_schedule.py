@@ -16,13 +16,18 @@ def step_times(t0: Any, t1: Any, num_steps: int) -> Float[Array, " N"]:
     return t0 + jnp.arange(num_steps) * ((t1 - t0) / num_steps)
 
 
-def _callable_rows(schedule: Callable, ts: Array, num_levels: int) -> Array:
-    out = jax.eval_shape(schedule, ts[0])
-    if not hasattr(out, "shape") or out.shape != (num_levels,):
+def check_schedule_callable(schedule: Callable, num_levels: int, t: Any = 0.0) -> None:
+    """A callable schedule must map a time to an array of shape (K,)."""
+    out = jax.eval_shape(schedule, t)
+    if getattr(out, "shape", None) != (num_levels,):
         raise ValueError(
             f"`probabilities` as a callable must map a time t to an array of shape "
             f"({num_levels},), one per level; got {describe(out)}."
         )
+
+
+def _callable_rows(schedule: Callable, ts: Array, num_levels: int) -> Array:
+    check_schedule_callable(schedule, num_levels, ts[0])
     return jax.vmap(schedule)(ts)
 
 
