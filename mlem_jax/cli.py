@@ -1,4 +1,4 @@
-"""The `mlem-jax` command: train, calibrate, sample, demo, bench (diffusion), sde-demo and
+"""The `mlem-jax` command: train, distill, calibrate, sample, demo, bench (diffusion), sde-demo and
 distributed-sample (the multi-process launcher)."""
 
 import argparse
@@ -63,6 +63,17 @@ def _train(a: argparse.Namespace) -> None:
                          progress=not a.quiet)
     print(f"trained widths {a.widths} for {int(state.step)} steps in "
           f"{float(state.seconds):.0f} s; checkpoints in {a.checkpoints}")
+
+
+def _distill(a: argparse.Namespace) -> None:
+    from .diffusion.levels import distill_levels
+    from .diffusion.train import TrainConfig
+
+    config = TrainConfig(steps=a.steps, batch_size=a.batch_size,
+                         learning_rate=a.learning_rate, warmup=min(50, a.steps), seed=a.seed)
+    state = distill_levels(a.checkpoints, config=config, progress=not a.quiet)
+    print(f"distilled {len(state.params)} levels from the largest for {int(state.step)} "
+          f"steps in {float(state.seconds):.0f} s; checkpoints in {a.checkpoints}")
 
 
 def _calibrate(a: argparse.Namespace) -> None:
@@ -197,6 +208,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=float, default=2e-3)
     train.add_argument("--dataset", choices=("mnist", "digits"), default="mnist")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    distill = command("distill", "distil the smaller UNet levels from the largest, starting "
+                      "from their checkpoints (resumes if interrupted)", _distill)
+    distill.add_argument("--steps", type=_positive, default=1500, help="optimiser steps")
+    distill.add_argument("--batch-size", type=_positive, default=64)
+    distill.add_argument("--learning-rate", type=float, default=1e-3)
+    distill.add_argument("--quiet", action="store_true", help="no progress bar")
 
     cal = command("calibrate", "measure eps_l, v_l, c_l and gamma along sampling runs",
                   _calibrate)

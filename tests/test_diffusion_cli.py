@@ -12,7 +12,7 @@ from mlem_jax.diffusion.checkpoint import save_model
 
 from diffusion_helpers import IMAGE_SHAPE, tiny_unets
 
-COMMANDS = ("train", "calibrate", "sample", "demo", "bench", "sde-demo")
+COMMANDS = ("train", "distill", "calibrate", "sample", "demo", "bench", "sde-demo")
 
 
 @pytest.mark.parametrize("command", COMMANDS)

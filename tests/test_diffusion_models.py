@@ -12,10 +12,10 @@ import pytest
 from mlem_jax.diffusion.checkpoint import CheckpointError, load_model, save_model
 from mlem_jax.diffusion.classifier import Classifier
 from mlem_jax.diffusion.data import load_digits
-from mlem_jax.diffusion.levels import MULTIPLIERS, WIDTHS
-from mlem_jax.diffusion.sde import VPSDE
-from mlem_jax.diffusion.train import TrainConfig, dsm_loss, train
-from mlem_jax.diffusion.unet import UNet, parameter_count
+from mlem_jax.diffusion.levels import MULTIPLIERS, WIDTHS, distill_levels, load_levels
+from mlem_jax.diffusion.sde import VPSDE, ScoreDrift
+from mlem_jax.diffusion.train import TrainConfig, distillation_loss, dsm_loss, train
+from mlem_jax.diffusion.unet import UNet, parameter_count, time_features
 
 from diffusion_helpers import tiny_unets
 
@@ -48,6 +48,41 @@ def test_unet_takes_one_image_and_checks_arguments():
         model(0.5, jnp.ones((4, 1, 8, 8)))
     with pytest.raises(ValueError, match="width"):
         UNet(0, key=jax.random.key(0))
+
+
+def _channels_first_unet(model, t, x):
+    """The UNet's forward pass written with equinox's own (channel-first) layers."""
+    def block(b, h, e):
+        r = b.conv1(jax.nn.silu(b.norm1(h))) + b.time(e)[:, None, None]
+        r = b.conv2(jax.nn.silu(b.norm2(r)))
+        return r + (h if b.skip is None else b.skip(h))
+
+    e = model.embed(time_features(jnp.asarray(t)))
+    h, skips = model.conv_in(x), []
+    for i, b in enumerate(model.down):
+        h = block(b, h, e)
+        skips.append(h)
+        if i < len(model.downsample):
+            h = model.downsample[i](h)
+    h = block(model.middle, h, e)
+    for i in reversed(range(len(model.up))):
+        if i < len(model.upsample):
+            h = model.upsample[i](jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2))
+        h = block(model.up[i], jnp.concatenate([h, skips[i]]), e)
+    return model.conv_out(jax.nn.silu(model.norm_out(h)))
+
+
+@pytest.mark.parametrize("width", [2, 4])
+def test_channel_last_unet_equals_equinox_channel_first_layers(width):
+    model = UNet(width, MULTIPLIERS, key=jax.random.key(width))
+    params, static = eqx.partition(model, eqx.is_array)  # nonzero biases, GroupNorm affines
+    params = jax.tree_util.tree_map(
+        lambda a: a + 0.1 * jax.random.normal(jax.random.key(7), a.shape), params)
+    model = eqx.combine(params, static)
+    x = jax.random.normal(jax.random.key(1), (1, 32, 32))
+    for t in (1e-3, 0.4, 1.0):
+        np.testing.assert_allclose(model(t, x), _channels_first_unet(model, t, x),
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_vp_sde_marginals():
@@ -123,3 +158,42 @@ def test_checkpoint_refuses_weights_of_another_structure(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="cannot read"):
         load_model(tmp_path / "m")
+
+
+def test_distillation_loss_is_the_squared_drift_gap_per_pixel():
+    student, teacher = tiny_unets()
+    sde, key = VPSDE(), jax.random.key(5)
+    x0 = jnp.asarray(load_digits("train").images[:6])
+    loss = distillation_loss(student, teacher, sde, x0, key)
+    t_key, z_key = jax.random.split(key)  # the noised images of dsm_loss
+    t = jax.random.uniform(t_key, (6,), minval=1e-3, maxval=1.0)
+    z = jax.random.normal(z_key, x0.shape)
+    xt = sde.alpha(t)[:, None, None, None] * x0 + sde.sigma(t)[:, None, None, None] * z
+    gaps = [ScoreDrift(student, sde)(t[i], xt[i:i + 1], None)
+            - ScoreDrift(teacher, sde)(t[i], xt[i:i + 1], None) for i in range(len(t))]
+    np.testing.assert_allclose(loss, jnp.mean(jnp.square(jnp.stack(gaps))), rtol=1e-5)
+    assert distillation_loss(teacher, teacher, sde, x0, key) == 0.0
+
+
+def test_distilling_levels_brings_them_to_the_teacher(tmp_path):
+    images = load_digits("train").images
+    student, teacher = tiny_unets()
+    for model in (student, teacher):
+        save_model(tmp_path / f"unet_w{model.width}", model, dataset="digits", steps=3,
+                   final_loss=1.0)
+    with pytest.raises(ValueError, match="at least two levels"):
+        (tmp_path / "one").mkdir()
+        shutil.copy(tmp_path / "unet_w2.eqx", tmp_path / "one")
+        shutil.copy(tmp_path / "unet_w2.json", tmp_path / "one")
+        distill_levels(tmp_path / "one")
+    config = TrainConfig(steps=30, batch_size=32, warmup=2, learning_rate=3e-3)
+    distill_levels(tmp_path, config=config, progress=False)
+    (distilled, unchanged), manifests = load_levels(tmp_path)
+    assert eqx.tree_equal(unchanged, teacher)
+    batch, keys = jnp.asarray(images[:128]), jax.random.split(jax.random.key(9), 4)
+    gap = eqx.filter_jit(lambda m: jax.vmap(
+        lambda k: distillation_loss(m, teacher, VPSDE(), batch, k))(keys).mean())
+    assert gap(distilled) < 0.8 * gap(student)
+    assert manifests[0]["objective"] == "distillation" and manifests[0]["steps"] == 30
+    assert manifests[0]["teacher"] == {"width": 2, "sha256": manifests[1]["sha256"]}
+    assert manifests[0]["pretrained"] == {"steps": 3, "final_loss": 1.0}

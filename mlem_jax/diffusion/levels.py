@@ -15,6 +15,7 @@ from .unet import UNet
 WIDTHS = (2, 4, 8, 16)
 MULTIPLIERS = (1, 2, 2)
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
+_TRAINING_KEYS = ("objective", "steps", "final_loss", "train_seconds", "config", "notes")
 
 
 def level_name(width: int) -> str:
@@ -31,6 +32,15 @@ def build_family(widths: Sequence[int] = WIDTHS, *, multipliers: Sequence[int] =
     keys = jax.random.split(jax.random.key(seed), len(widths))
     build = eqx.filter_eval_shape if shapes_only else (lambda f, *a, **k: f(*a, **k))
     return [build(UNet, w, multipliers, channels, key=k) for w, k in zip(widths, keys)]
+
+
+def _save_level(directory: Path, model: UNet, dataset: str, images, state: TrainState,
+                loss: float, config: TrainConfig, **extra) -> None:
+    """Write one level's checkpoint with the manifest entries of a training run."""
+    save_model(directory / level_name(model.width), model, dataset=dataset,
+               image_shape=list(images.shape[1:]), train_images=len(images),
+               steps=int(state.step), final_loss=loss, train_seconds=float(state.seconds),
+               config=config._asdict(), **extra)
 
 
 def train_levels(
@@ -65,15 +75,61 @@ def train_levels(
                           shapes_only=Path(state_path).exists())
 
     def write_checkpoints(state: TrainState) -> None:
-        for width, model, loss in zip(widths, state.ema, state.loss.tolist()):
-            save_model(
-                directory / level_name(width), model, dataset=dataset,
-                image_shape=list(data.images.shape[1:]), train_images=len(data.images),
-                steps=int(state.step), final_loss=loss, train_seconds=float(state.seconds),
-                config=config._asdict(),
-            )
+        for model, loss in zip(state.ema, state.loss.tolist()):
+            _save_level(directory, model, dataset, data.images, state, loss, config,
+                        objective="denoising score matching")
 
     return train(models, data.images, config, state_path=state_path,
+                 on_save=write_checkpoints, progress=progress)
+
+
+def distill_levels(
+    directory: str | os.PathLike = CHECKPOINTS,
+    *,
+    config: TrainConfig = TrainConfig(steps=1500, learning_rate=1e-3, warmup=50),
+    state_path: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> TrainState:
+    """Distil every level but the largest from the largest (`distillation_loss`),
+    starting from their checkpoints in `directory`, and overwrite those checkpoints with
+    the EMA weights whenever the training state is saved.
+
+    Independently trained levels differ by their training noise as well as by their
+    capacity; ML-EM pays for every bit of f^l - f^(l-1) (v_l), so levels that imitate
+    the top one are cheaper to correct. The top level, and so EM and the reference, is
+    unchanged. Each manifest keeps the level's earlier training under `pretrained` and
+    names the teacher by its content hash.
+
+    **Arguments:**
+
+    - `directory`: the trained levels (`unet_w<width>`, at least two).
+    - `config`: a `TrainConfig` (data order, steps, learning rate).
+    - `state_path`: the resumable state (default `<directory>/distill_state.eqx`).
+    - `progress`: show a progress bar.
+
+    **Returns:**
+
+    The final `TrainState` (its models are the students, cheapest first).
+    """
+    directory = Path(directory)
+    models, manifests = load_levels(directory)
+    if len(models) < 2:
+        raise ValueError(f"distillation needs at least two levels in {directory}, "
+                         f"found {len(models)}.")
+    (*students, teacher), teacher_manifest = models, manifests[-1]
+    dataset = teacher_manifest["dataset"]
+    data = load_dataset(dataset, "train")
+    pretrained = [m.get("pretrained", {k: m[k] for k in m if k in _TRAINING_KEYS})
+                  for m in manifests[:-1]]
+    teacher_record = {"width": teacher.width, "sha256": teacher_manifest["sha256"]}
+
+    def write_checkpoints(state: TrainState) -> None:
+        for model, loss, before in zip(state.ema, state.loss.tolist(), pretrained):
+            _save_level(directory, model, dataset, data.images, state, loss, config,
+                        objective="distillation", teacher=teacher_record, pretrained=before)
+
+    state_path = directory / "distill_state.eqx" if state_path is None else state_path
+    return train(students, data.images, config, teacher=teacher, state_path=state_path,
                  on_save=write_checkpoints, progress=progress)
 
 

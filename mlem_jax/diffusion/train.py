@@ -1,4 +1,5 @@
-"""Denoising score matching with optax: several UNets trained side by side, EMA, resume."""
+"""Denoising score matching with optax: several UNets trained side by side, EMA, resume;
+or distillation of several UNets from a teacher UNet, with the same loop."""
 
 import functools
 import time
@@ -45,16 +46,37 @@ class TrainState(NamedTuple):
     seconds: Array
 
 
+def _noised(sde: VPSDE, x0: Array, key: PRNGKeyArray) -> tuple[Array, Array, Array]:
+    """(t, x_t, z): t ~ U(T_EPS, 1) per image and x_t = alpha(t) x0 + sigma(t) z."""
+    t_key, z_key = jax.random.split(key)
+    t = jax.random.uniform(t_key, (x0.shape[0],), minval=T_EPS, maxval=1.0)
+    z = jax.random.normal(z_key, x0.shape, x0.dtype)
+    return t, _per_image(sde.alpha(t)) * x0 + _per_image(sde.sigma(t)) * z, z
+
+
+def _per_image(a: Array) -> Array:
+    return a[:, None, None, None]
+
+
 def dsm_loss(model: UNet, sde: VPSDE, x0: Float[Array, "b c h w"], key: PRNGKeyArray
              ) -> Array:
     """Denoising score matching in noise form: E ||eps(x_t, t) - z||^2 per pixel, with
     x_t = alpha(t) x0 + sigma(t) z and t ~ U(T_EPS, 1)."""
-    t_key, z_key = jax.random.split(key)
-    t = jax.random.uniform(t_key, (x0.shape[0],), minval=T_EPS, maxval=1.0)
-    z = jax.random.normal(z_key, x0.shape, x0.dtype)
-    scale = lambda a: a[:, None, None, None]  # noqa: E731
-    xt = scale(sde.alpha(t)) * x0 + scale(sde.sigma(t)) * z
+    t, xt, z = _noised(sde, x0, key)
     return jnp.mean(jnp.square(jax.vmap(model)(t, xt) - z))
+
+
+def distillation_loss(model: UNet, teacher: UNet, sde: VPSDE, x0: Float[Array, "b c h w"],
+                      key: PRNGKeyArray) -> Array:
+    """The squared difference of the reverse-SDE drifts of `model` and `teacher`, per
+    pixel: E (beta(t) / sigma(t))^2 ||eps(x_t, t) - eps_teacher(x_t, t)||^2 on the same
+    noised images as `dsm_loss`.
+
+    Times the number of pixels this is E||f^model - f^teacher||^2, the quantity ML-EM's
+    randomisation variance is made of (v_l); the teacher is not differentiated."""
+    t, xt, _ = _noised(sde, x0, key)
+    gap = jax.vmap(model)(t, xt) - jax.lax.stop_gradient(jax.vmap(teacher)(t, xt))
+    return jnp.mean(_per_image(jnp.square(sde.beta(t) / sde.sigma(t))) * jnp.square(gap))
 
 
 def optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -83,19 +105,26 @@ def init_state(models: Sequence[UNet], config: TrainConfig) -> TrainState:
 
 @functools.cache
 def build_train_step(config: TrainConfig, sde: VPSDE) -> Callable:
-    """`step(state, batch, key) -> state`: one Adam step per model on the same batch.
+    """`step(state, batch, key, teacher) -> state`: one Adam step per model on the same
+    batch, on `dsm_loss` (`teacher=None`) or on `distillation_loss` from `teacher`.
 
     Cached, so a resumed run in the same process reuses the compiled step."""
     transform = optimizer(config)
 
+    def loss_fn(model: UNet, teacher: UNet | None, batch: Array, key: PRNGKeyArray) -> Array:
+        if teacher is None:
+            return dsm_loss(model, sde, batch, key)
+        return distillation_loss(model, teacher, sde, batch, key)
+
     @eqx.filter_jit
-    def step(state: TrainState, batch: Array, key: PRNGKeyArray) -> TrainState:
+    def step(state: TrainState, batch: Array, key: PRNGKeyArray, teacher: UNet | None
+             ) -> TrainState:
         params, ema, opt_states, losses = [], [], [], []
         for i, (model, average, opt_state) in enumerate(
             zip(state.params, state.ema, state.opt_state)
         ):
-            loss, grads = eqx.filter_value_and_grad(dsm_loss)(
-                model, sde, batch, jax.random.fold_in(key, i)
+            loss, grads = eqx.filter_value_and_grad(loss_fn)(
+                model, teacher, batch, jax.random.fold_in(key, i)
             )
             updates, opt_state = transform.update(grads, opt_state)
             model = eqx.apply_updates(model, updates)
@@ -129,20 +158,24 @@ def train(
     config: TrainConfig,
     *,
     sde: VPSDE = VPSDE(),
+    teacher: UNet | None = None,
     state_path: str | Path | None = None,
     save_every: int = 250,
     on_save: Callable[[TrainState], None] | None = None,
     progress: bool = True,
 ) -> TrainState:
-    """Train `models` side by side with denoising score matching, resuming if possible.
+    """Train `models` side by side with denoising score matching, or distil them from
+    `teacher`, resuming if possible.
 
     **Arguments:**
 
-    - `models`: freshly initialised UNets; when resuming only their structure is used
-        (`eqx.filter_eval_shape(UNet, ...)` is enough).
+    - `models`: the initial UNets (fresh, or trained ones to distil); when resuming only
+        their structure is used (`eqx.filter_eval_shape(UNet, ...)` is enough).
     - `images`: training images (n, C, H, W) in [-1, 1].
     - `config`: a `TrainConfig`.
     - `sde`: the forward process.
+    - `teacher`: None for denoising score matching (`dsm_loss`); a trained UNet to make
+        every model imitate it (`distillation_loss`).
     - `state_path`: file of the full training state; if it exists the run resumes from
         it, and it is rewritten every `save_every` steps and at the end.
     - `on_save`: called with the state whenever it is saved (e.g. to write checkpoints).
@@ -175,7 +208,8 @@ def train(
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps,
                disable=not progress, desc="training")
     for n in bar:
-        state = step_fn(state, jnp.asarray(_batch(images, config, n)), jax.random.fold_in(key, n))
+        batch = jnp.asarray(_batch(images, config, n))
+        state = step_fn(state, batch, jax.random.fold_in(key, n), teacher)
         if (n + 1) % 25 == 0:
             bar.set_postfix(loss=" ".join(f"{x:.4f}" for x in np.asarray(state.loss)))
         if (n + 1) % save_every == 0 or n + 1 == config.steps:
