@@ -25,9 +25,9 @@ def time_features(t: Float[Array, ""], dim: int = EMBEDDING_DIM) -> Float[Array,
 def conv_channels_last(conv: eqx.nn.Conv2d, x: Float[Array, "h w c"]) -> Array:
     """`conv` on a channel-last image (H, W, C), with its own (out, in, kh, kw) weights.
 
-    XLA:CPU runs a convolution ~18x slower inside a loop body (the samplers' `lax.scan`)
-    than outside it unless both the image and the kernel are channel-last, NHWC and
-    HWIO (jax-ml/jax#12868). The weights are stored in equinox's layout, so checkpoints
+    XLA:CPU runs a convolution ~20x slower inside a loop body (the samplers' `lax.scan`)
+    unless both the image and the kernel are channel-last, NHWC and HWIO
+    (jax-ml/jax#12868; `bench/bench_unet.py` measures it). The weights are stored in equinox's layout, so checkpoints
     do not change, and transposed here (a few kB).
     """
     y = jax.lax.conv_general_dilated(
