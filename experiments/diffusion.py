@@ -309,7 +309,10 @@ def limits_text(limits: dict, target: float) -> str:
         + " In wall-clock it cannot beat EM by more than c_K / c_1 = "
         f"{limits['wallclock_bound']:.1f}x at any variance (level 1 runs at every step and "
         f"the smallest UNet takes 1/{limits['wallclock_bound']:.1f} of the largest's time "
-        f"on this CPU, against 1/{limits['flops_bound']:.0f} of its FLOPs).",
+        f"on this CPU, against 1/{limits['flops_bound']:.0f} of its FLOPs). At the measured "
+        "v_l it predicts these FLOP speedups at the error of each EM point: "
+        + ", ".join(f"{_times(row['speedup_flops'])} at {row['target']:.2f}"
+                    for row in limits["by_target"]) + ".",
         "",
         *rows,
     ])
@@ -443,8 +446,9 @@ def speedup_model(result: dict, reductions=(1, 2, 4, 8, 16, 32, 64, 128)) -> dic
     damp). Cost: N sum_l p_l c_l. For each reduction s (v_l -> v_l / s) the cheapest
     (N, m) on a grid reaching the target error gives the predicted speedup over EM's
     N = (a / target)^(1/q) steps, in FLOPs and in seconds per evaluation (`level_seconds`,
-    measured on the timing batch). With
-    v_l -> 0 ML-EM still evaluates level 1 at every step, so c_K / c_1 bounds it.
+    measured on the timing batch), and at the measured v_l, the FLOP speedup at the error
+    of each EM point (`by_target`). With v_l -> 0 ML-EM still evaluates level 1 at every
+    step, so c_K / c_1 bounds it.
     """
     c = result["calibration"]
     points, target = result["points"], result["target_error"]
@@ -463,21 +467,20 @@ def speedup_model(result: dict, reductions=(1, 2, 4, 8, 16, 32, 64, 128)) -> dic
         fits.append((p, randomisation(p["steps"], p["probabilities"]), excess))
     ratios = [np.log(y / x) for _, x, y in fits if y > 0 and x > 0]
     kappa = float(np.exp(np.median(ratios))) if ratios else float("nan")  # nan: no fit
-    em_steps = (a / target) ** (1 / q)
     grid = []
     for n in np.unique(np.round(np.geomspace(8, 2048, 25)).astype(int)):
         for m in np.geomspace(0.25, n, 40):
             p = probabilities_for(c, int(n), float(m))
             grid.append((n, randomisation(n, p), np.asarray(p)))
 
-    def speedup(costs, s: float) -> float | None:
+    def speedup(costs, s: float, error: float = target) -> float | None:
         reach = [n * float(np.dot(p, costs)) for n, r, p in grid
-                 if (a * n**-q) ** 2 + kappa * r / s <= target**2]
-        return em_steps * costs[-1] / min(reach) if reach else None
+                 if (a * n**-q) ** 2 + kappa * r / s <= error**2]
+        return (a / error) ** (1 / q) * costs[-1] / min(reach) if reach else None
 
-    predicted = [{"reduction": s, "speedup_flops": speedup(np.asarray(c["flops"]), s),
-                  "speedup_wallclock": speedup(np.asarray(result["level_seconds"]), s)}
-                 for s in reductions]
+    flops, seconds = np.asarray(c["flops"]), np.asarray(result["level_seconds"])
+    predicted = [{"reduction": s, "speedup_flops": speedup(flops, s),
+                  "speedup_wallclock": speedup(seconds, s)} for s in reductions]
     needed = [row["reduction"] for row in predicted
               if row["speedup_flops"] is not None and row["speedup_flops"] >= 4]
     return {
@@ -486,6 +489,8 @@ def speedup_model(result: dict, reductions=(1, 2, 4, 8, 16, 32, 64, 128)) -> dic
                  "predicted": float(np.sqrt((a * p["steps"] ** -q) ** 2 + kappa * x))}
                 for p, x, _ in fits],
         "predicted": predicted,
+        "by_target": [{"target": p["error"], "speedup_flops": speedup(flops, 1, p["error"])}
+                      for p in em],
         "reduction_for_4x_flops": needed[0] if needed else None,
         "wallclock_bound": result["level_seconds"][-1] / result["level_seconds"][0],
         "flops_bound": c["flops"][-1] / c["flops"][0],

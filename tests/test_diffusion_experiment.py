@@ -46,6 +46,9 @@ def test_speedup_model_recovers_an_exact_error_model():
     assert None not in flops + seconds
     assert np.all(np.diff(flops) >= 0) and np.all(np.diff(seconds) >= 0)
     assert max(flops) <= 64.0 and max(seconds) <= 8.0
+    by_target = {row["target"]: row["speedup_flops"] for row in limits["by_target"]}
+    assert sorted(by_target) == sorted(a / n for n in (16, 32, 64, 128))
+    assert by_target[a / 64] == pytest.approx(flops[0])
 
 
 @pytest.mark.slow
