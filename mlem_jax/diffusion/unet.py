@@ -27,8 +27,8 @@ def conv_channels_last(conv: eqx.nn.Conv2d, x: Float[Array, "h w c"]) -> Array:
 
     XLA:CPU runs a convolution ~20x slower inside a loop body (the samplers' `lax.scan`)
     unless both the image and the kernel are channel-last, NHWC and HWIO
-    (jax-ml/jax#12868; `bench/bench_unet.py` measures it). The weights are stored in equinox's layout, so checkpoints
-    do not change, and transposed here (a few kB).
+    (jax-ml/jax#12868; `bench/bench_unet.py` measures it). The weights are stored in
+    equinox's layout, so checkpoints do not change, and transposed here (a few kB).
     """
     y = jax.lax.conv_general_dilated(
         x[None], jnp.transpose(conv.weight, (2, 3, 1, 0)), conv.stride, conv.padding,
