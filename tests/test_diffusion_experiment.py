@@ -1,25 +1,13 @@
 """experiments/diffusion.py: the speedup model on an exact error model, and a quick run."""
 
-import importlib.util
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from mlem_jax.diffusion.calibrate import probabilities_for
 
-SCRIPT = pathlib.Path(__file__).parents[1] / "experiments" / "diffusion.py"
-
-
-def _experiment():
-    spec = importlib.util.spec_from_file_location("diffusion_experiment", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from experiment_helpers import load_experiment, run_experiment
 
 
 def test_speedup_model_recovers_an_exact_error_model():
@@ -35,7 +23,7 @@ def test_speedup_model_recovers_an_exact_error_model():
                            "probabilities": p.tolist(), "error": float(error)})
     result = {"calibration": calibration, "points": points, "target_error": a / 64,
               "level_seconds": [1e-3, 2e-3, 4e-3, 8e-3]}
-    limits = _experiment().speedup_model(result)
+    limits = load_experiment("diffusion").speedup_model(result)
     assert limits["em_fit"]["a"] == pytest.approx(a) and limits["em_fit"]["q"] == pytest.approx(1)
     assert limits["kappa"] == pytest.approx(kappa)
     for fit in limits["fit"]:
@@ -53,9 +41,7 @@ def test_speedup_model_recovers_an_exact_error_model():
 
 @pytest.mark.slow
 def test_quick_run_writes_results_table_and_figures(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
-                   check=True, env=env, cwd=SCRIPT.parents[1])
+    run_experiment("diffusion", tmp_path, "--quick")
     result = json.loads((tmp_path / "diffusion.json").read_text())
     assert {"gamma", "speedup_flops", "speedup_wallclock", "frontiers", "limits"} <= set(result)
     assert {"em", "mlem", "tstitch"} <= set(result["quality"])

@@ -1,22 +1,10 @@
 """experiments/diffusion_quality.py: the equal-quality speedups, and a quick run."""
 
-import importlib.util
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
-SCRIPT = pathlib.Path(__file__).parents[1] / "experiments" / "diffusion_quality.py"
-
-
-def _experiment():
-    spec = importlib.util.spec_from_file_location("diffusion_quality_experiment", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from experiment_helpers import load_experiment, run_experiment
 
 
 def _point(family, label, fd, flops, seconds):
@@ -28,7 +16,7 @@ def test_equal_quality_takes_the_cheapest_point_no_worse_than_em():
     points = [_point("em", "EM N=16", 30.0, 16.0, 1.6), _point("em", "EM N=64", 10.0, 64.0, 6.4),
               _point("mlem", "a", 29.0, 8.0, 4.0), _point("mlem", "b", 25.0, 4.0, 3.2),
               _point("mlem", "c", 11.0, 32.0, 8.0), _point("tstitch", "d", 20.0, 12.0, 0.8)]
-    rows = _experiment().equal_quality(points)
+    rows = load_experiment("diffusion_quality").equal_quality(points)
     assert [row["em"] for row in rows] == ["EM N=16", "EM N=64"]
     coarse, fine = rows
     assert coarse["mlem"]["label"] == "b"  # cheaper than "a", and its FD is lower too
@@ -40,9 +28,7 @@ def test_equal_quality_takes_the_cheapest_point_no_worse_than_em():
 
 @pytest.mark.slow
 def test_quick_run_writes_results_and_table(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
-                   check=True, env=env, cwd=SCRIPT.parents[1])
+    run_experiment("diffusion_quality", tmp_path, "--quick")
     result = json.loads((tmp_path / "diffusion_quality.json").read_text())
     assert {p["family"] for p in result["points"]} == {"em", "mlem", "tstitch"}
     for p in result["points"]:

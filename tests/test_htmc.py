@@ -1,22 +1,16 @@
 """experiments/htmc.py: ML-EM's cost-error frontier against EM's in the HTMC regime."""
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
-
-SCRIPT = pathlib.Path(__file__).parents[1] / "experiments" / "htmc.py"
+from experiment_helpers import run_experiment
 
 
 def run_htmc(out: pathlib.Path, *flags: str) -> dict:
     """Run the experiment in a fresh interpreter, writing to `out`; return its JSON."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    subprocess.run([sys.executable, str(SCRIPT), *flags, "--out", str(out)], check=True,
-                   env=env, cwd=SCRIPT.parents[1])
+    run_experiment("htmc", out, *flags)
     return json.loads((out / "htmc.json").read_text())
 
 

@@ -2,10 +2,6 @@
 within a bound derived from bfloat16's unit roundoff."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -18,6 +14,7 @@ import mlem_jax
 from mlem_jax.diffusion.sample import initial_noise, sample, score_levels
 
 from diffusion_helpers import IMAGE_SHAPE, tiny_unets
+from experiment_helpers import run_experiment
 
 U16 = float(jnp.finfo(jnp.bfloat16).eps) / 2  # unit roundoff of bfloat16: 2^-8
 U32 = float(jnp.finfo(jnp.float32).eps) / 2  # 2^-24
@@ -128,9 +125,7 @@ def test_pytree_states_and_refusals():
 
 @pytest.mark.slow
 def test_bfloat16_experiment_quick(tmp_path):
-    script = Path(__file__).parents[1] / "experiments" / "bfloat16.py"
-    subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)],
-                   check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=600)
+    run_experiment("bfloat16", tmp_path, "--quick", timeout=600)
     report = json.loads((tmp_path / "bfloat16_quick.json").read_text())
     assert (tmp_path / "bfloat16_quick_table.md").read_text().startswith("| method |")
     for run in report["runs"]:
