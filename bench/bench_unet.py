@@ -50,10 +50,9 @@ def layout(batch: int, channels: int, size: int, repeats: int) -> dict:
             "ratio": per[0] / per[1]}
 
 
-def levels(batch: int, repeats: int) -> dict:
-    """FLOPs and seconds per image of one evaluation of each shipped level."""
-    models, manifests = load_levels()
-    x = initial_noise(jax.random.key(2), batch, manifests[-1]["image_shape"])
+def levels(models, image_shape, batch: int, repeats: int) -> dict:
+    """FLOPs and seconds per image of one evaluation of each level (UNets)."""
+    x = initial_noise(jax.random.key(2), batch, image_shape)
     costs = level_costs(score_levels(models), 0.5, x, repeats=repeats)
     seconds = (costs.seconds / batch).tolist()
     flops = (costs.flops / batch).tolist()
@@ -77,8 +76,9 @@ def main() -> None:
               f"channel-first {row['channel_first_seconds'] * 1e6:.1f} us/image, "
               f"channel-last {row['channel_last_seconds'] * 1e6:.1f} us/image, "
               f"ratio {row['ratio']:.1f}x")
+    models, manifests = load_levels()
     for batch in args.batches:
-        row = levels(batch, args.repeats)
+        row = levels(models, manifests[-1]["image_shape"], batch, args.repeats)
         results["levels"].append(row)
         print(f"levels at batch {batch}: widths {row['widths']}, "
               f"ms/image {[round(s * 1e3, 3) for s in row['seconds']]}, "
