@@ -120,12 +120,12 @@ def mlem_solve(levels, y0, path):
 @eqx.filter_jit
 def euler_same_estimate(levels, y0, path):
     """The ML-EM drift estimate written as an ODETerm vector field for diffrax.Euler:
-    the draws of step n come from fold_in(KEY, n), n read off the grid time t."""
+    the draws of step n are `draw_levels(KEY, p, step=n)`, n read off the grid time t."""
     p = jnp.asarray(PROBABILITIES)
 
     def vector_field(t, y, args):
         n = jnp.round(t * NUM_STEPS / T).astype(jnp.int32)
-        drawn = mlem_jax.draw_levels(jax.random.fold_in(KEY, n), p)
+        drawn = mlem_jax.draw_levels(KEY, p, step=n)
         return mlem_jax.multilevel_drift(levels, p, drawn, t, y, args)[0]
 
     terms = diffrax.ODETerm(vector_field)

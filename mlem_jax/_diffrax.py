@@ -17,7 +17,6 @@ from typing import Any, ClassVar, NamedTuple
 
 import diffrax
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 from diffrax._term import AdjointTerm, WrapTerm
@@ -27,6 +26,7 @@ from ._schedule import check_schedule_callable, checked_schedule_row
 from ._step import MLEMState, build_step
 from ._validation import (
     check_coupling,
+    check_draws,
     check_level_outputs,
     check_levels,
     check_probabilities,
@@ -48,6 +48,7 @@ class MultilevelTerm(diffrax.AbstractTerm):
     levels: tuple[Callable, ...]
     probabilities: Float[Array, " K"] | Float[Array, "N K"] | Callable | None
     coupling: str = eqx.field(static=True)
+    draws: str = eqx.field(static=True)
 
     def __init__(
         self,
@@ -55,6 +56,7 @@ class MultilevelTerm(diffrax.AbstractTerm):
         probabilities: Any = None,
         *,
         coupling: str = "nested",
+        draws: str = "random",
     ):
         """**Arguments:**
 
@@ -70,10 +72,14 @@ class MultilevelTerm(diffrax.AbstractTerm):
             (`eqx.error_if`), as the step index is traced.
         - `coupling`: `"nested"` (one uniform per step; the levels evaluated are
             1..L) or `"independent"` (each correction drawn on its own).
+        - `draws`: `"random"` (independent draws at every step) or `"stratified"` (the
+            steps that draw a level spread evenly; see `mlem_jax.draw_levels`).
         """
         self.levels = check_levels(levels)
         check_coupling(coupling)
+        check_draws(draws)
         self.coupling = coupling
+        self.draws = draws
         if callable(probabilities):
             check_schedule_callable(probabilities, len(self.levels))
             self.probabilities = probabilities
@@ -99,7 +105,7 @@ class MLEMSolverState(NamedTuple):
     """The state `MLEM` carries between steps.
 
     - `num_steps`: int scalar, the number of steps made so far; step n draws its levels
-        from `jax.random.fold_in(key, n)`.
+        with `mlem_jax.draw_levels(key, ..., step=n)`.
     - `evaluations`: int array (K,), at how many steps each level was evaluated.
 
     Read it after a solve with `diffeqsolve(..., saveat=SaveAt(..., solver_state=True))`
@@ -211,8 +217,8 @@ class MLEM(diffrax.AbstractItoSolver):
     Pass the drift as a `mlem_jax.MultilevelTerm`, alone (ODE) or in a
     `diffrax.MultiTerm` with the noise (e.g. `diffrax.ControlTerm(g, brownian_path)`).
     Each step is `mlem_jax.build_step`: X_{n+1} = X_n + dt F_n + (other terms at t_n),
-    with F_n the unbiased multilevel drift estimate, whose levels are drawn from
-    `jax.random.fold_in(key, n)` at step n. With the same key and Brownian path this is
+    with F_n the unbiased multilevel drift estimate, whose levels step n draws with
+    `mlem_jax.draw_levels(key, ..., step=n)`. With the same key and Brownian path this is
     exactly `mlem_jax.solve`; with every p_l = 1 it is `diffrax.Euler()` on the top
     level. Terms other than the `MultilevelTerm` are stepped as by `diffrax.Euler()`.
 
@@ -326,16 +332,14 @@ class MLEM(diffrax.AbstractItoSolver):
             term.probabilities, solver_state.num_steps, t0 * parsed.direction,
             len(levels), term.coupling,
         )
-        step = build_step(levels, p, noise=noise, coupling=term.coupling)
+        step = build_step(levels, p, noise=noise, coupling=term.coupling, draws=term.draws)
         dt = parsed.drift.contr(t0, t1)  # the signed time step: negative in reverse time
-        key = None
-        if self.key is not None:
-            key = jax.random.fold_in(self.key, solver_state.num_steps)
-        state, _ = step(key, MLEMState(y0, solver_state.evaluations), t0, dt, dw, args)
+        start = MLEMState(y0, solver_state.evaluations, solver_state.num_steps)
+        state, _ = step(self.key, start, t0, dt, dw, args)
         y1 = state.y
         y_error = jtu.tree_map(lambda y: jnp.full_like(y, jnp.inf), y1)
         dense_info = dict(y0=y0, y1=y1)
-        new_state = MLEMSolverState(solver_state.num_steps + 1, state.evaluations)
+        new_state = MLEMSolverState(state.step, state.evaluations)
         return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
 
     def func(
@@ -347,7 +351,8 @@ class MLEM(diffrax.AbstractItoSolver):
 
 MLEM.__init__.__doc__ = """**Arguments:**
 
-- `key`: PRNG key of the level draws; step n uses `jax.random.fold_in(key, n)`. Required
+- `key`: PRNG key of the level draws; step n draws with `mlem_jax.draw_levels(key, ...,
+    step=n)`. Required
     when the `MultilevelTerm` has more than one level. Keep it unbatched under `vmap`.
 """
 

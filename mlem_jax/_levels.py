@@ -7,31 +7,60 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
 
 
 def draw_levels(
-    key: PRNGKeyArray, probabilities: Float[Array, " K"], coupling: str = "nested"
+    key: PRNGKeyArray,
+    probabilities: Float[Array, " K"],
+    coupling: str = "nested",
+    *,
+    step: Int[ArrayLike, ""] = 0,
+    draws: str = "random",
 ) -> Bool[Array, " K"]:
-    """Draw which corrections f^l - f^(l-1) enter one step's drift estimate.
+    """Draw which corrections f^l - f^(l-1) enter the drift estimate of one step.
 
     **Arguments:**
 
-    - `key`: an unbatched PRNG key. Keep it unbatched under `vmap` so the whole batch
-        takes the same branch and skipped levels are really skipped.
+    - `key`: the trajectory's PRNG key of the level draws, the same at every step; keep
+        it unbatched under `vmap` so the whole batch takes the same branch and skipped
+        levels are really skipped.
     - `probabilities`: p_1..p_K with p_1 == 1.
-    - `coupling`: `"nested"` draws one uniform U and sets B_l = 1{U < p_l}, so the drawn
-        levels are always 1..L; `"independent"` draws each B_l on its own.
+    - `coupling`: `"nested"` compares one uniform U with every p_l, B_l = 1{U < p_l}, so
+        the drawn levels are always 1..L; `"independent"` uses one uniform per level.
+    - `step`: the index n of the step in the trajectory.
+    - `draws`: how the uniforms of successive steps relate. `"random"`: independent,
+        U_n from `jax.random.fold_in(key, n)` (the method as analysed: the estimate is
+        unbiased given the state). `"stratified"`: U_n = (S + vdc(n)) mod 1, the van der
+        Corput sequence (`van_der_corput`) shifted by one uniform S drawn from `key`.
+        Every U_n is still uniform, so P(B_l) = p_l at every step, but the steps that
+        draw level l are spread evenly: among any 2^k consecutive steps starting at a
+        multiple of 2^k, level l is drawn floor(2^k p_l) or ceil(2^k p_l) times (for
+        a constant p_l). The randomisation errors of neighbouring steps then partly
+        cancel instead of adding up; the price is that a step's draw is no longer
+        independent of the state, so the estimate is unbiased only on average over S.
 
     **Returns:**
 
     A boolean array B of shape (K,) with P(B_l) = p_l; B_1 is always True.
     """
-    if coupling == "nested":
-        uniform = jax.random.uniform(key, dtype=probabilities.dtype)
+    shape = () if coupling == "nested" else probabilities.shape
+    if draws == "random":
+        uniform = jax.random.uniform(jax.random.fold_in(key, step), shape,
+                                     dtype=probabilities.dtype)
     else:
-        uniform = jax.random.uniform(key, probabilities.shape, dtype=probabilities.dtype)
+        shift = jax.random.uniform(key, shape, dtype=probabilities.dtype)
+        uniform = (shift + van_der_corput(step).astype(probabilities.dtype)) % 1
     return uniform < probabilities
+
+
+def van_der_corput(n: Int[ArrayLike, ""], bits: int = 31) -> Float[Array, ""]:
+    """The n-th point of the base-2 van der Corput sequence: the binary digits of n
+    mirrored about the point (6 = 110b -> 0.011b = 0.375). Its first 2^k points are
+    the multiples of 2^-k, each once, so the sequence fills [0, 1) evenly from the
+    start."""
+    digits = (jnp.asarray(n, jnp.uint32) >> jnp.arange(bits, dtype=jnp.uint32)) & 1
+    return jnp.sum(digits * 0.5 ** jnp.arange(1, bits + 1, dtype=jnp.float32))
 
 
 def levels_to_evaluate(drawn: Bool[Array, " K"]) -> Bool[Array, " K"]:

@@ -4,7 +4,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
-import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -17,6 +16,7 @@ from ._step import build_step, diagonal_noise, init
 from ._validation import (
     check_coupling,
     check_diffusion_output,
+    check_draws,
     check_level_outputs,
     check_levels,
     check_num_steps,
@@ -75,8 +75,8 @@ def grid_time(n: Any, t0: Any, t1: Any, num_steps: int) -> Any:
 
 @eqx.filter_jit
 def _scan(
-    levels, probabilities, diffusion, brownian, coupling, y0, t0, t1, num_steps, key, args,
-    save,
+    levels, probabilities, diffusion, brownian, coupling, draws, y0, t0, t1, num_steps, key,
+    args, save,
 ):
     # Shape checks and closures live inside the jit: they run once per trace, and
     # repeated eager calls hit the cache.
@@ -89,21 +89,23 @@ def _scan(
         noise = diagonal_noise(diffusion)
         increments = brownian_increments(brownian, y0, t0, t1)
 
-    # The step index is carried rather than scanned over: on CPU, slicing it out of an
-    # `xs` array each step makes the loop several times slower for small states.
+    # The step index is carried in the state rather than scanned over: on CPU, slicing
+    # it out of an `xs` array each step makes the loop several times slower for small
+    # states.
     def body(carry, _):
-        n, state, saved = carry
+        state, saved = carry
+        n = state.step
         t = grid_time(n, t0, t1, num_steps)
         dt = grid_time(n + 1, t0, t1, num_steps) - t
         dw = None if increments is None else increments(n, t, dt)
-        step_key = None if key is None else jax.random.fold_in(key, n)
         step = build_step(
-            levels, probabilities_at(probabilities, n), noise=noise, coupling=coupling
+            levels, probabilities_at(probabilities, n), noise=noise, coupling=coupling,
+            draws=draws,
         )
-        state, _ = step(step_key, state, t, dt, dw, args)
+        state, _ = step(key, state, t, dt, dw, args)
         if save is not None:
             saved = _store(saved, slots, n + 1, state.y)
-        return (n + 1, state, saved), None
+        return (state, saved), None
 
     if save is None:
         saved = slots = None
@@ -114,8 +116,8 @@ def _scan(
         slots = jnp.asarray(slots)
         saved = jtu.tree_map(lambda x: jnp.zeros((len(unique),) + x.shape, x.dtype), y0)
         saved = _store(saved, slots, 0, y0)
-    start = (jnp.asarray(0, jnp.int32), init(y0, len(levels)), saved)
-    (_, final, saved), _ = lax.scan(body, start, None, length=num_steps)
+    start = (init(y0, len(levels)), saved)
+    (final, saved), _ = lax.scan(body, start, None, length=num_steps)
     if save is None:
         return final.y, t1, final.evaluations
     ys = jtu.tree_map(lambda b: b[order], saved)
@@ -146,6 +148,7 @@ def solve(
     brownian: Any = None,
     args: Any = None,
     coupling: str = "nested",
+    draws: str = "random",
     saveat: Any = None,
     costs: Any = None,
 ) -> Solution:
@@ -153,8 +156,8 @@ def solve(
 
     Step n uses F_n = f^1 + sum_{l >= 2} (B_{n,l} / p_l) (f^l - f^(l-1)), with
     P(B_{n,l} = 1) = p_l (p_{n,l} under a schedule), so E[F_n | X_n] = f^K (the top
-    level) at every step. The draws are shared by
-    the whole batch, and a level that is not drawn is skipped with `lax.cond`, also when
+    level) at every step (on average over the shift with stratified draws). The draws
+    are shared by the whole batch, and a level that is not drawn is skipped with `lax.cond`, also when
     `solve` is `vmap`ped over `y0` with an unbatched `key`. The loop is a `lax.scan`,
     jit-compiled and differentiable.
 
@@ -178,6 +181,9 @@ def solve(
         counts). Required exactly when `diffusion` is given.
     - `args`: passed to every level and to `diffusion`.
     - `coupling`: `"nested"` (default) or `"independent"`.
+    - `draws`: `"random"` (default: independent draws at every step, the method as
+        analysed) or `"stratified"` (the steps that draw a level spread evenly over
+        the trajectory; see `draw_levels`).
     - `saveat`: None (final state), `"steps"` (every grid point, t0 included) or an
         array of times on the grid.
     - `costs`: cost of one evaluation of each level (e.g. FLOPs), shape (K,).
@@ -188,6 +194,7 @@ def solve(
     """
     levels = check_levels(levels)
     check_coupling(coupling)
+    check_draws(draws)
     num_steps = check_num_steps(num_steps)
     check_times(t0, t1)
     probabilities = probability_table(
@@ -213,7 +220,7 @@ def solve(
     save = _save_indices(saveat, t0, t1, num_steps)
     time_dtype = jnp.result_type(float)
     ys, ts, evaluations = _scan(
-        levels, probabilities, diffusion, brownian, coupling, y0,
+        levels, probabilities, diffusion, brownian, coupling, draws, y0,
         jnp.asarray(t0, time_dtype), jnp.asarray(t1, time_dtype), num_steps, key, args,
         save,
     )

@@ -8,7 +8,7 @@ import jax.tree_util as jtu
 from jaxtyping import Array, Bool, Int, PRNGKeyArray, PyTree
 
 from ._levels import draw_levels, multilevel_drift
-from ._validation import check_coupling, check_levels, check_probabilities
+from ._validation import check_coupling, check_draws, check_levels, check_probabilities
 
 
 class MLEMState(NamedTuple):
@@ -16,10 +16,12 @@ class MLEMState(NamedTuple):
 
     - `y`: the current state X_n.
     - `evaluations`: int array (K,), at how many steps so far each level was evaluated.
+    - `step`: int scalar, the index n of the next step (the steps made so far).
     """
 
     y: PyTree
     evaluations: Int[Array, " K"]
+    step: Int[Array, ""]
 
 
 class MLEMInfo(NamedTuple):
@@ -44,8 +46,9 @@ class Step(Protocol):
 
 
 def init(y0: PyTree, num_levels: int) -> MLEMState:
-    """The initial state: `y0` and no evaluations yet."""
-    return MLEMState(y=y0, evaluations=jnp.zeros(num_levels, jnp.int32))
+    """The initial state: `y0`, no evaluations and no steps yet."""
+    return MLEMState(y=y0, evaluations=jnp.zeros(num_levels, jnp.int32),
+                     step=jnp.zeros((), jnp.int32))
 
 
 def diagonal_noise(diffusion: Callable) -> NoiseIncrement:
@@ -63,6 +66,7 @@ def build_step(
     *,
     noise: NoiseIncrement | None = None,
     coupling: str = "nested",
+    draws: str = "random",
 ) -> Step:
     """Build the ML-EM step `step(key, state, t, dt, dw, args) -> (state, info)`.
 
@@ -77,14 +81,18 @@ def build_step(
     - `noise`: `noise(t, y, args, dw)` returning the noise increment (e.g.
         `diagonal_noise(g)`), or None for an ODE.
     - `coupling`: `"nested"` or `"independent"` (see `draw_levels`).
+    - `draws`: `"random"` or `"stratified"` (see `draw_levels`).
 
     **Returns:**
 
-    A pure, jittable `step`. `key` draws the levels (keep it unbatched under `vmap`);
-    `dw` is the Brownian increment over [t, t + dt] (ignored for an ODE).
+    A pure, jittable `step`. `key` is the trajectory's key of the level draws, the same
+    at every step: step `state.step` draws from it with `draw_levels` (keep it
+    unbatched under `vmap`). `dw` is the Brownian increment over [t, t + dt] (ignored
+    for an ODE).
     """
     levels = check_levels(levels)
     check_coupling(coupling)
+    check_draws(draws)
     p = check_probabilities(probabilities, len(levels), coupling)
 
     def step(key, state, t, dt, dw, args):
@@ -92,7 +100,7 @@ def build_step(
             drift = levels[0](t, state.y, args)
             drawn = evaluated = jnp.ones(1, bool)
         else:
-            drawn = draw_levels(key, p, coupling)
+            drawn = draw_levels(key, p, coupling, step=state.step, draws=draws)
             drift, evaluated = multilevel_drift(
                 levels, p, drawn, t, state.y, args, coupling
             )
@@ -100,6 +108,6 @@ def build_step(
         if noise is not None:
             y = jtu.tree_map(jnp.add, y, noise(t, state.y, args, dw))
         evaluations = state.evaluations + evaluated.astype(jnp.int32)
-        return MLEMState(y, evaluations), MLEMInfo(drawn, evaluated)
+        return MLEMState(y, evaluations, state.step + 1), MLEMInfo(drawn, evaluated)
 
     return step

@@ -16,6 +16,8 @@ import numpy as np
 
 Coupling = Literal["nested", "independent"]
 COUPLINGS: tuple[str, ...] = get_args(Coupling)
+Draws = Literal["random", "stratified"]
+DRAWS: tuple[str, ...] = get_args(Draws)
 
 
 def concrete_or_none(x: Any) -> np.ndarray | None:
@@ -28,6 +30,11 @@ def concrete_or_none(x: Any) -> np.ndarray | None:
 def check_coupling(coupling: Any) -> None:
     if coupling not in COUPLINGS:
         raise ValueError(f"`coupling` must be one of {COUPLINGS}, got {coupling!r}.")
+
+
+def check_draws(draws: Any) -> None:
+    if draws not in DRAWS:
+        raise ValueError(f"`draws` must be one of {DRAWS}, got {draws!r}.")
 
 
 def check_levels(levels: Any) -> tuple[Callable, ...]:

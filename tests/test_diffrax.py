@@ -55,17 +55,20 @@ def final(sol):
 
 
 @pytest.mark.parametrize(
-    "t0, t1, coupling", [(0.0, 1.0, "nested"), (1.0, 0.0, "independent")]
+    "t0, t1, coupling, draws",
+    [(0.0, 1.0, "nested", "random"), (1.0, 0.0, "independent", "random"),
+     (1.0, 0.0, "nested", "stratified")],
 )
-def test_sde_agrees_with_solve(t0, t1, coupling):
+def test_sde_agrees_with_solve(t0, t1, coupling, draws):
     key, path = jax.random.key(5), brownian_tree(jax.random.key(0), t0, t1, (3,))
     num_steps = 16
     expected = mlem_jax.solve(
         LEVELS, Y0, t0, t1, num_steps, probabilities=PROBABILITIES, key=key,
-        diffusion=diffusion, brownian=path, coupling=coupling,
+        diffusion=diffusion, brownian=path, coupling=coupling, draws=draws,
     )
     sol = diffrax.diffeqsolve(
-        sde_terms(LEVELS, PROBABILITIES, path, coupling=coupling), mlem_jax.MLEM(key),
+        sde_terms(LEVELS, PROBABILITIES, path, coupling=coupling, draws=draws),
+        mlem_jax.MLEM(key),
         t0, t1, (t1 - t0) / num_steps, Y0,
         saveat=diffrax.SaveAt(t1=True, solver_state=True),
     )
@@ -362,11 +365,13 @@ def test_invalid_probabilities_are_refused(probabilities, message):
         mlem_jax.MultilevelTerm(LEVELS, probabilities)
 
 
-def test_bad_levels_and_coupling_are_refused():
+def test_bad_levels_coupling_and_draws_are_refused():
     with pytest.raises(TypeError, match="sequence of callables"):
         mlem_jax.MultilevelTerm(drift)
     with pytest.raises(ValueError, match="`coupling` must be one of"):
         mlem_jax.MultilevelTerm(LEVELS, PROBABILITIES, coupling="shared")
+    with pytest.raises(ValueError, match="`draws` must be one of.*'sobol'"):
+        mlem_jax.MultilevelTerm(LEVELS, PROBABILITIES, draws="sobol")
 
 
 def test_missing_key_is_refused():

@@ -42,15 +42,17 @@ def test_one_level_equals_hand_written_em(t0, t1):
     assert got.evaluations.tolist() == [32]
 
 
-@pytest.mark.parametrize("coupling", ["nested", "independent"])
-def test_all_probabilities_one_equals_em_on_top_level(coupling):
+@pytest.mark.parametrize("coupling, draws", [("nested", "random"), ("independent", "random"),
+                                             ("nested", "stratified"),
+                                             ("independent", "stratified")])
+def test_all_probabilities_one_equals_em_on_top_level(coupling, draws):
     levels = [sine_drift, lambda t, y, a: 1.1 * sine_drift(t, y, a), lambda t, y, a: -y]
     y0 = jnp.linspace(-1.0, 1.0, 5)
     path = brownian_tree(jax.random.key(1), 0.0, 1.0, (5,))
     common = dict(diffusion=scaled_diffusion, brownian=path)
     mlem = mlem_jax.solve(
         levels, y0, 0.0, 1.0, 50, probabilities=[1.0, 1.0, 1.0],
-        key=jax.random.key(2), coupling=coupling, **common,
+        key=jax.random.key(2), coupling=coupling, draws=draws, **common,
     )
     em = mlem_jax.solve(levels[-1:], y0, 0.0, 1.0, 50, **common)
     assert_close(mlem.ys, em.ys)
@@ -155,7 +157,8 @@ def test_determinism_per_key(levels3):
     assert not jnp.allclose(a.ys, other_noise.ys)
 
 
-def test_vmap_with_unbatched_key_really_skips_the_top_level():
+@pytest.mark.parametrize("draws", ["random", "stratified"])
+def test_vmap_with_unbatched_key_really_skips_the_top_level(draws):
     calls = []
 
     def top(t, y, args):
@@ -166,13 +169,15 @@ def test_vmap_with_unbatched_key_really_skips_the_top_level():
 
     def run(y0):
         return mlem_jax.solve(
-            levels, y0, 0.0, 1.0, 200, probabilities=[1.0, 0.05], key=jax.random.key(3)
+            levels, y0, 0.0, 1.0, 200, probabilities=[1.0, 0.05], key=jax.random.key(3),
+            draws=draws,
         )
 
     sol = jax.jit(jax.vmap(run))(jnp.ones((8, 3)))
     jax.effects_barrier()
     top_evaluations = int(sol.evaluations[0, 1])
-    assert 0 < top_evaluations < 40  # Binomial(200, 0.05): mean 10, sd 3.1
+    # Binomial(200, 0.05) (mean 10, sd 3.1) for random draws, 10 +- 1 for stratified ones.
+    assert 0 < top_evaluations < 40
     assert jnp.all(sol.evaluations == sol.evaluations[0])  # one draw for the batch
     # Under a select (a batched predicate) the top level would run at all 200 steps.
     assert len(calls) == top_evaluations

@@ -53,6 +53,7 @@ def solve(levels=None, *, y0=Y0, t0=0.0, t1=1.0, num_steps=10, **kwargs):
         (dict(diffusion=lambda t, y, a: 1.0, brownian="noise"), TypeError,
          r"`brownian`.*PRNG key.*str"),
         (dict(coupling="antithetic"), ValueError, r"`coupling`.*nested.*antithetic"),
+        (dict(draws="sobol"), ValueError, r"`draws`.*random.*stratified.*sobol"),
         (dict(key=None), ValueError, r"`key`.*required with 2 levels"),
         (dict(y0=jnp.arange(3)), TypeError, r"`y0`.*floating.*int32"),
         (dict(costs=[1.0]), ValueError, r"`costs`.*\(2,\).*\(1,\)"),
@@ -83,5 +84,7 @@ def test_errors_are_raised_at_trace_time_inside_jit():
 def test_build_step_validates_too():
     with pytest.raises(ValueError, match="`coupling`"):
         mlem_jax.build_step(linear_levels([1.0]), coupling="other")
+    with pytest.raises(ValueError, match="`draws`"):
+        mlem_jax.build_step(linear_levels([1.0]), draws="other")
     with pytest.raises(ValueError, match="`probabilities`"):
         mlem_jax.build_step(linear_levels([1.0, 2.0]), [1.0, 2.0])
