@@ -112,6 +112,7 @@ def _sample(a: argparse.Namespace) -> None:
         probabilities_for(calibration, a.steps, a.top_evaluations) if a.method == "mlem"
         else None,
         stitch_switch(a.stitch_fraction) if a.method == "tstitch" else None,
+        draws=a.draws,
     )
     x1 = initial_noise(noise_key, a.count, image_shape)
     outcome = run_setting(setting, levels, x1, path_key, draw_key, calibration["flops"])
@@ -231,6 +232,8 @@ def _parser() -> argparse.ArgumentParser:
     smp.add_argument("--count", type=_positive, default=16, help="number of samples")
     smp.add_argument("--top-evaluations", type=float, default=2.0,
                      help="ML-EM: expected evaluations of the largest UNet per run")
+    smp.add_argument("--draws", choices=("random", "stratified"), default="random",
+                     help="ML-EM: independent level draws at every step, or spread evenly")
     smp.add_argument("--stitch-fraction", type=_fraction, default=0.5,
                      help="T-Stitch: share of the time span on the small UNet")
     smp.add_argument("--out", default="samples.png", help="output .png (grid) or .npz")

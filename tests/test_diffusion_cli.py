@@ -69,3 +69,5 @@ def test_tiny_sample_run(checkpoints, tmp_path, capsys):
     png = tmp_path / "s.png"
     assert main(argv[:-1] + [str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(argv + ["--draws", "stratified"]) == 0
+    assert "3 samples by mlem" in capsys.readouterr().out

@@ -35,6 +35,10 @@ def test_each_sampler_runs(kind):
         assert run.ys.shape == (3, *IMAGE_SHAPE) and bool(jnp.isfinite(run.ys).all())
     assert em.evaluations.tolist() == stitched.evaluations.tolist() == [STEPS]
     assert cheap.evaluations[0] == STEPS and cheap.evaluations[1] < STEPS
+    # Stratified draws: the large level at exactly STEPS * 0.25 of the 8 steps.
+    spread = _run("mlem", kind, probabilities=(1.0, 0.25), draws="stratified")
+    assert spread.evaluations.tolist() == [STEPS, STEPS // 4]
+    assert bool(jnp.isfinite(spread.ys).all()) and not np.allclose(spread.ys, em.ys)
     assert not np.allclose(stitched.ys, em.ys) and not np.allclose(cheap.ys, em.ys)
     # A schedule: both levels at the first step, the large one never after (p = 1e-7).
     scheduled = _run("mlem", kind, probabilities=[[1.0, 1.0]] + [[1.0, 1e-7]] * (STEPS - 1))

@@ -20,7 +20,8 @@ class Setting(NamedTuple):
 
     - `method`: `"em"`, `"mlem"` or `"tstitch"`; `num_steps`: steps from 1 to t_min.
     - `probabilities`: p_l for ML-EM, (K,) or a schedule (num_steps, K) as nested
-        tuples or an array; `switch`, `small`: T-Stitch's hand-over.
+        tuples or an array; `draws`: ML-EM's `"random"` or `"stratified"` level draws;
+        `switch`, `small`: T-Stitch's hand-over.
     - `label`: a short description for tables.
     """
 
@@ -30,6 +31,7 @@ class Setting(NamedTuple):
     switch: float | None = None
     small: int = -2
     label: str = ""
+    draws: str = "random"
 
 
 class Outcome(NamedTuple):
@@ -56,8 +58,8 @@ def compile_sampler(setting: Setting, levels: Sequence[ScoreDrift], x1: Array,
     def run(dynamic, x1, brownian, key, probabilities):
         return sample(
             setting.method, eqx.combine(dynamic, static), x1, setting.num_steps, key=key,
-            brownian=brownian, probabilities=probabilities, switch=setting.switch,
-            small=setting.small,
+            brownian=brownian, probabilities=probabilities, draws=setting.draws,
+            switch=setting.switch, small=setting.small,
         )
 
     key = jax.random.key(0)
@@ -80,7 +82,7 @@ def run_setting(setting: Setting, levels: Sequence[ScoreDrift], x1: Array, brown
     - `key`: PRNG key of the ML-EM level draws.
     - `flops`: FLOPs of one evaluation of each level per image, (K,).
     - `cache`: a dict owned by the caller that keeps compiled samplers between calls
-        with the same method, steps, switch and arguments of the same shapes, dtypes
+        with the same method, steps, draws, switch and arguments of the same shapes, dtypes
         (levels' included) and sharding.
 
     **Returns:**
@@ -89,7 +91,8 @@ def run_setting(setting: Setting, levels: Sequence[ScoreDrift], x1: Array, brown
     """
     dtypes = tuple(str(leaf.dtype) for leaf in jax.tree_util.tree_leaves(
         eqx.filter(list(levels), eqx.is_array)))
-    signature = (setting.method, setting.num_steps, setting.switch, setting.small, x1.shape,
+    signature = (setting.method, setting.num_steps, setting.draws, setting.switch,
+                 setting.small, x1.shape,
                  x1.dtype, getattr(x1, "sharding", None), type(brownian).__name__,
                  np.shape(setting.probabilities), dtypes)
     cache = {} if cache is None else cache

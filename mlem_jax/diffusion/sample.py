@@ -53,6 +53,7 @@ def sample(
     key: PRNGKeyArray | None = None,
     brownian: Any = None,
     probabilities: Any = None,
+    draws: str = "random",
     switch: float | None = None,
     small: int = -2,
     t_min: float = T_MIN,
@@ -73,6 +74,8 @@ def sample(
     - `brownian`: a PRNG key or a diffrax Brownian path of the shape of `x1`.
     - `probabilities`: p_1..p_K for `"mlem"`, or a schedule (`num_steps`, K) (see
         `mlem_jax.diffusion.calibrate.schedule_for`).
+    - `draws`: ML-EM's level draws, `"random"` or `"stratified"` (see
+        `mlem_jax.draw_levels`).
     - `switch`, `small`: the T-Stitch switch time and the index of its small level.
     - `t_min`: the final time.
     - `saveat`: passed to `solve`.
@@ -104,7 +107,7 @@ def sample(
                          "reverse-SDE levels.")
     return solve(
         chosen, x1, 1.0, t_min, num_steps, probabilities=probabilities,
-        key=key if method == "mlem" else None,
+        key=key if method == "mlem" else None, draws=draws,
         diffusion=levels[-1].sde.diffusion if sde_kind else None,
         brownian=brownian if sde_kind else None, saveat=saveat,
     )
