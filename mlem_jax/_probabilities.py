@@ -4,7 +4,13 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import check_coupling
+from ._validation import check_coupling, check_draws
+
+# The randomisation error of correction l grows as p_l^-POWER: random draws add
+# independent errors, variance v_l / p_l; stratified ones leave a quadrature-like error
+# of order h / p_l, squared v_l / p_l^2 (taking the correction's rate of change along a
+# trajectory to scale with its size).
+POWERS = {"random": 1, "stratified": 2}
 
 
 def _as_positive_vector(name: str, value: Any, length: int | None) -> np.ndarray:
@@ -35,11 +41,16 @@ def optimal_probabilities(
     num_steps: int | None = None,
     variance_budget: float | None = None,
     coupling: str = "nested",
+    draws: str = "random",
 ) -> np.ndarray:
     """p_l minimising the expected cost sum_l p_l C_l under sum_l v_l / p_l <= V.
 
     The Lagrange solution is p_l = min(1, lambda sqrt(v_l / C_l)) for l >= 2 and p_1 = 1,
-    where C_l is the cost of drawing correction l (`correction_costs`). Under the nested
+    where C_l is the cost of drawing correction l (`correction_costs`). For stratified
+    draws the constraint is sum_l v_l / p_l^2 <= V (the error of a level drawn at a
+    fraction p_l of evenly spread steps is of order h / p_l) and the solution
+    p_l = min(1, lambda (v_l / C_l)^(1/3)) spreads the draws more evenly over the
+    levels. Under the nested
     coupling the result is made non-increasing by raising p_l to max_{m >= l} p_m; this
     only lowers the variance. A level with v_l = 0 gets the smallest positive
     probability among the others (it never needs evaluating, but p must stay > 0).
@@ -63,12 +74,15 @@ def optimal_probabilities(
         - `variance_budget` V: the sum of v / p above equals V (or is as small as
           p <= 1 allows).
     - `coupling`: `"nested"` or `"independent"`.
+    - `draws`: `"random"` or `"stratified"` (see `mlem_jax.draw_levels`).
 
     **Returns:**
 
     A NumPy array p of shape (K,), or (N, K) for a schedule, with p_1 = 1 and each p_l
     in (0, 1].
     """
+    check_draws(draws)
+    power = POWERS[draws]
     c = correction_costs(costs, coupling)
     v = _as_variances(variances, len(c))
     if len(c) == 0:
@@ -81,13 +95,13 @@ def optimal_probabilities(
             f"`variance_budget`; got top_level_evaluations={top_level_evaluations}, "
             f"variance_budget={variance_budget}."
         )
-    shape = np.sqrt(v / c)
+    shape = (v / c) ** (1 / (power + 1))
     if not (shape > 0).any():
         return np.ones(v.shape[:-1] + (len(c) + 1,))
     if top_level_evaluations is not None:
         scale = _scale_for_top_level(shape, top_level_evaluations, num_steps)
     else:
-        scale = _scale_for_budget(shape, v, variance_budget)
+        scale = _scale_for_budget(shape, v, variance_budget, power)
     p = np.minimum(1.0, scale * shape)
     p = np.where(p > 0, p, p[p > 0].min())
     if coupling == "nested":
@@ -134,15 +148,17 @@ def _scale_for_top_level(shape: np.ndarray, evaluations: Any, num_steps: Any) ->
                    1.0 / top[top > 0].min())
 
 
-def _scale_for_budget(shape: np.ndarray, v: np.ndarray, budget: float | None) -> float:
-    """lambda with sum v / min(1, lambda shape) = budget over every entry, by bisection."""
+def _scale_for_budget(shape: np.ndarray, v: np.ndarray, budget: float | None, power: int
+                      ) -> float:
+    """lambda with sum v / min(1, lambda shape)^power = budget over every entry, by
+    bisection."""
     if budget is None or not budget > 0:
         raise ValueError(f"`variance_budget` must be > 0, got {budget}.")
     active = shape > 0
 
     def too_much_variance(scale):
         p = np.minimum(1.0, scale * shape[active])
-        return float((v[active] / p).sum()) > budget
+        return float((v[active] / p**power).sum()) > budget
 
     return _bisect(too_much_variance, 1.0 / shape[active].min())
 

@@ -54,6 +54,25 @@ def test_variance_budget_is_met_at_minimal_cost():
             assert (q * COSTS[1:]).sum() >= best * (1 - 1e-9)
 
 
+def test_stratified_draws_balance_the_cube_root_and_meet_their_budget():
+    p = mlem_jax.optimal_probabilities(COSTS, VARIANCES, top_level_evaluations=3,
+                                       num_steps=300, draws="stratified")
+    assert np.isclose(p[-1], 3 / 300)
+    shape = (VARIANCES / COSTS[1:]) ** (1 / 3)
+    assert np.allclose(p[1:] / shape, p[-1] / shape[-1])
+    budget = 20.0
+    p = mlem_jax.optimal_probabilities(COSTS, VARIANCES, variance_budget=budget,
+                                       draws="stratified")
+    assert np.isclose((VARIANCES / p[1:] ** 2).sum(), budget, rtol=1e-6)
+    rng = np.random.default_rng(1)
+    best = (p[1:] * COSTS[1:]).sum()
+    for _ in range(200):
+        q = p[1:] * np.exp(rng.normal(scale=0.3, size=3))
+        q *= np.sqrt((VARIANCES / q**2).sum() / budget)  # rescale onto the budget
+        if np.all(q <= 1.0):
+            assert (q * COSTS[1:]).sum() >= best * (1 - 1e-9)
+
+
 def test_unreachable_budget_gives_all_ones():
     p = mlem_jax.optimal_probabilities(COSTS, VARIANCES, variance_budget=0.1)
     assert np.all(p == 1.0)
@@ -69,6 +88,7 @@ def test_unreachable_budget_gives_all_ones():
         (dict(num_steps=None), r"`num_steps`.*positive int"),
         (dict(top_level_evaluations=0), r"`top_level_evaluations`.*> 0"),
         (dict(coupling="other"), r"`coupling`"),
+        (dict(draws="sobol"), r"`draws`.*sobol"),
     ],
 )
 def test_bad_arguments(kwargs, match):

@@ -75,13 +75,13 @@ def calibrate(levels: Sequence[ScoreDrift], key: PRNGKeyArray, image_shape: Sequ
     }
 
 
-def probabilities_for(calibration: dict, num_steps: int, top_level_evaluations: float = 2.0
-                      ) -> tuple[float, ...]:
-    """Optimal p_l (FLOPs costs, measured v_l) with the largest level drawn about
-    `top_level_evaluations` times in `num_steps` steps."""
+def probabilities_for(calibration: dict, num_steps: int, top_level_evaluations: float = 2.0,
+                      draws: str = "random") -> tuple[float, ...]:
+    """Optimal p_l (FLOPs costs, measured v_l) for `draws` with the largest level drawn
+    about `top_level_evaluations` times in `num_steps` steps."""
     p = optimal_probabilities(calibration["flops"], calibration["variances"],
                               top_level_evaluations=top_level_evaluations,
-                              num_steps=num_steps)
+                              num_steps=num_steps, draws=draws)
     return tuple(float(x) for x in p)
 
 
