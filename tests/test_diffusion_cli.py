@@ -71,3 +71,20 @@ def test_tiny_sample_run(checkpoints, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(argv + ["--draws", "stratified"]) == 0
     assert "3 samples by mlem" in capsys.readouterr().out
+
+
+def test_tiny_demo_run(tmp_path, capsys):
+    """`demo` on tiny UNets, with the calibration measured on the spot (no file)."""
+    for model in tiny_unets():
+        save_model(tmp_path / f"unet_w{model.width}", model, image_shape=list(IMAGE_SHAPE))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["demo", "--checkpoints", str(tmp_path), "--count", "2",
+                 "--out-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for method in ("EM, largest UNet", "ML-EM, 64", "ML-EM p(t)", "ML-EM stratified",
+                   "T-Stitch"):
+        assert method in printed
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["demo_em.png", "demo_mlem.png", "demo_mlem_schedule.png",
+                     "demo_mlem_stratified.png", "demo_tstitch.png"]

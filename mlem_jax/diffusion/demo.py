@@ -45,8 +45,9 @@ def prepare(directory: str | os.PathLike = CHECKPOINTS, kind: str = "sde", seed:
 def demo_settings(calibration: dict, em_steps: int = 32, mlem_steps: int = 64,
                   top_level_evaluations: float = 8.0) -> list[Setting]:
     """EM with the largest UNet, ML-EM with all of them (the largest drawn about
-    `top_level_evaluations` times) with constant p_l and with p_l(t) on the
-    sensitivity-weighted v_l(t), T-Stitch (half the time span on the second largest)."""
+    `top_level_evaluations` times) with constant p_l, with p_l(t) on the
+    sensitivity-weighted v_l(t) and with stratified draws, T-Stitch (half the time span
+    on the second largest)."""
     schedule = schedule_for(calibration, mlem_steps, top_level_evaluations, weighted=True)
     return [
         Setting("em", em_steps, label=f"EM, largest UNet, {em_steps} steps"),
@@ -55,6 +56,10 @@ def demo_settings(calibration: dict, em_steps: int = 32, mlem_steps: int = 64,
                 label=f"ML-EM, {mlem_steps} steps, m={top_level_evaluations:g}"),
         Setting("mlem", mlem_steps, tuple(map(tuple, schedule.tolist())),
                 label=f"ML-EM p(t), {mlem_steps} steps, m={top_level_evaluations:g}"),
+        Setting("mlem", mlem_steps,
+                probabilities_for(calibration, mlem_steps, top_level_evaluations, "stratified"),
+                label=f"ML-EM stratified, {mlem_steps} steps, m={top_level_evaluations:g}",
+                draws="stratified"),
         Setting("tstitch", em_steps, switch=stitch_switch(0.5),
                 label=f"T-Stitch 50%, {em_steps} steps"),
     ]
@@ -62,9 +67,9 @@ def demo_settings(calibration: dict, em_steps: int = 32, mlem_steps: int = 64,
 
 def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 8, seed: int = 0,
              out_dir: str | os.PathLike = ".", reference_steps: int = 128) -> list[dict]:
-    """Sample with EM, ML-EM (p_l and p_l(t)) and T-Stitch from the same noise and
-    Brownian path; print
-    cost and strong error against a fine EM reference; write one PNG grid per method.
+    """Sample with EM, ML-EM (p_l, p_l(t), stratified draws) and T-Stitch from the same
+    noise and Brownian path; print cost and strong error against a fine EM reference;
+    write one PNG grid per method.
 
     **Returns:**
 
@@ -80,7 +85,8 @@ def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 8, seed
     rows = []
     for setting in demo_settings(calibration):
         outcome = run_setting(setting, levels, x1, path, draw_key, flops)
-        name = setting.method + ("_schedule" if np.ndim(setting.probabilities) == 2 else "")
+        name = (setting.method + ("_schedule" if np.ndim(setting.probabilities) == 2 else "")
+                + ("_stratified" if setting.draws == "stratified" else ""))
         png = save_samples(Path(out_dir) / f"demo_{name}.png", outcome.samples)
         rows.append({"method": setting.label, "gflops": outcome.flops / 1e9,
                      "seconds": outcome.seconds,
