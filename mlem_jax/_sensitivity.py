@@ -30,17 +30,16 @@ def _gains(drift, diffusion, brownian, y0, t0, t1, num_steps, args, key):
     step = build_step([drift], noise=noise)
 
     @jax.checkpoint  # keep one state per step for the backward pass, not activations
-    def body(carry, error):
-        n, state = carry
+    def body(state, error):
+        n = state.step
         t = grid_time(n, t0, t1, num_steps)
         dt = grid_time(n + 1, t0, t1, num_steps) - t
         dw = None if increments is None else increments(n, t, dt)
         state, _ = step(None, state, t, dt, dw, args)
-        return (n + 1, state._replace(y=jtu.tree_map(jnp.add, state.y, error))), None
+        return state._replace(y=jtu.tree_map(jnp.add, state.y, error)), None
 
     def final(errors):
-        start = (jnp.asarray(0, jnp.int32), init(y0, 1))
-        (_, state), _ = lax.scan(body, start, errors)
+        state, _ = lax.scan(body, init(y0, 1), errors)
         return state.y
 
     errors = jtu.tree_map(lambda x: jnp.zeros((num_steps,) + x.shape, x.dtype), y0)
