@@ -15,8 +15,7 @@ score `data` at the same size), but the bias is the same for every method.
 
 **Configurations.** The shipped UNets (widths 2, 4, 8, 16) as reverse-SDE levels; EM with
 the largest UNet, ML-EM with constant p_l from the shipped calibration
-(`probabilities_for`: top level drawn about m times), with random level draws and with
-stratified ones (`draws="stratified"`, with the p_l optimal for them), and T-Stitch (width 8 on the first
+(`probabilities_for`: top level drawn about m times) and T-Stitch (width 8 on the first
 half of the time span, then width 16). Cost: FLOPs per image actually spent, and seconds
 per image (compiled samplers, batch of `samples`).
 
@@ -48,8 +47,7 @@ FULL = dict(samples=256, repeats=6, em_steps=(16, 32, 64, 128), mlem_steps=(64, 
             budgets=(4.0, 8.0, 16.0), stitch_steps=(16, 32, 64))
 QUICK = dict(samples=16, repeats=2, em_steps=(8, 16), mlem_steps=(16,), budgets=(2.0,),
              stitch_steps=(8,))
-FAMILIES = {"em": "EM, largest UNet", "mlem": "ML-EM, constant p_l",
-            "mlem_s": "ML-EM, stratified draws", "tstitch": "T-Stitch"}
+FAMILIES = {"em": "EM, largest UNet", "mlem": "ML-EM, constant p_l", "tstitch": "T-Stitch"}
 
 
 def settings(config: dict, calibration: dict) -> dict[str, list[Setting]]:
@@ -59,9 +57,6 @@ def settings(config: dict, calibration: dict) -> dict[str, list[Setting]]:
         "mlem": [Setting("mlem", n, probabilities_for(calibration, n, m),
                          label=f"ML-EM N={n} m={m:g}")
                  for n in config["mlem_steps"] for m in config["budgets"]],
-        "mlem_s": [Setting("mlem", n, probabilities_for(calibration, n, m, "stratified"),
-                           label=f"ML-EM stratified N={n} m={m:g}", draws="stratified")
-                   for n in config["mlem_steps"] for m in config["budgets"]],
         "tstitch": [Setting("tstitch", n, switch=stitch_switch(0.5), label=f"T-Stitch N={n}")
                     for n in config["stitch_steps"]],
     }
@@ -157,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
         for setting in family_settings:
             points.append(score(family, setting, levels, features_model, held_out, shape,
                                 config, calibration["flops"], cache))
-            print(f"{setting.label:<32} FD {points[-1]['fd']:7.1f} ± "
+            print(f"{setting.label:<22} FD {points[-1]['fd']:7.1f} ± "
                   f"{points[-1]['fd_standard_error']:5.1f}  "
                   f"MFLOP {points[-1]['flops'] / 1e6:7.0f}",
                   flush=True)
