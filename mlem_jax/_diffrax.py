@@ -352,8 +352,8 @@ class MLEM(diffrax.AbstractItoSolver):
 MLEM.__init__.__doc__ = """**Arguments:**
 
 - `key`: PRNG key of the level draws; step n draws with `mlem_jax.draw_levels(key, ...,
-    step=n)`. Required
-    when the `MultilevelTerm` has more than one level. Keep it unbatched under `vmap`.
+    step=n)`. Required when the `MultilevelTerm` has more than one level. Keep it
+    unbatched under `vmap`.
 """
 
 

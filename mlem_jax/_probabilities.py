@@ -50,9 +50,8 @@ def optimal_probabilities(
     draws the constraint is sum_l v_l / p_l^2 <= V (the error of a level drawn at a
     fraction p_l of evenly spread steps is of order h / p_l) and the solution
     p_l = min(1, lambda (v_l / C_l)^(1/3)) spreads the draws more evenly over the
-    levels. Under the nested
-    coupling the result is made non-increasing by raising p_l to max_{m >= l} p_m; this
-    only lowers the variance. A level with v_l = 0 gets the smallest positive
+    levels. Under the nested coupling the result is made non-increasing by raising p_l
+    to max_{m >= l} p_m; this only lowers the variance. A level with v_l = 0 gets the smallest positive
     probability among the others (it never needs evaluating, but p must stay > 0).
 
     **Time-dependent probabilities.** With `variances` of shape (N, K - 1), row n being

@@ -157,9 +157,9 @@ def solve(
     Step n uses F_n = f^1 + sum_{l >= 2} (B_{n,l} / p_l) (f^l - f^(l-1)), with
     P(B_{n,l} = 1) = p_l (p_{n,l} under a schedule), so E[F_n | X_n] = f^K (the top
     level) at every step (on average over the shift with stratified draws). The draws
-    are shared by the whole batch, and a level that is not drawn is skipped with `lax.cond`, also when
-    `solve` is `vmap`ped over `y0` with an unbatched `key`. The loop is a `lax.scan`,
-    jit-compiled and differentiable.
+    are shared by the whole batch, and a level that is not drawn is skipped with
+    `lax.cond`, also when `solve` is `vmap`ped over `y0` with an unbatched `key`. The
+    loop is a `lax.scan`, jit-compiled and differentiable.
 
     **Arguments:**
 

@@ -109,7 +109,8 @@ def _sample(a: argparse.Namespace) -> None:
     noise_key, path_key, draw_key = jax.random.split(jax.random.key(a.seed), 3)
     setting = Setting(
         a.method, a.steps,
-        probabilities_for(calibration, a.steps, a.top_evaluations) if a.method == "mlem"
+        probabilities_for(calibration, a.steps, a.top_evaluations, a.draws)
+        if a.method == "mlem"
         else None,
         stitch_switch(a.stitch_fraction) if a.method == "tstitch" else None,
         draws=a.draws,
