@@ -48,8 +48,13 @@ def test_stratified_reduction_compares_excess_variances_of_matching_runs():
         for family, tag, value in (("mlem", "", excess), ("mlem_s", " stratified",
                                                            excess / reduction)):
             points.append({"family": family, "label": f"ML-EM{tag} N={n} m={m}", "steps": n,
+                           "probabilities": [1.0, 0.5],
                            "error": float(np.sqrt((a / n) ** 2 + value))})
-    points.append({"family": "mlem", "label": "ML-EM N=64 m=32", "steps": 64, "error": 3.0})
+    points.append({"family": "mlem", "label": "ML-EM N=64 m=32", "steps": 64,
+                   "probabilities": [1.0, 0.5], "error": 3.0})
+    for family, tag in (("mlem", ""), ("mlem_s", " stratified")):  # EM: nothing to compare
+        points.append({"family": family, "label": f"ML-EM{tag} N=64 m=64", "steps": 64,
+                       "probabilities": [1.0, 1.0], "error": a / 64})
     result = {"points": points, "limits": {"em_fit": {"a": a, "q": 1.0}}}
     got = load_experiment("diffusion").stratified_reduction(result)
     assert [(r["steps"], r["m"]) for r in got["rows"]] == [(16, "2"), (64, "8")]
