@@ -107,14 +107,10 @@ def _sample(a: argparse.Namespace) -> None:
 
     levels, image_shape, calibration = prepare(a.checkpoints, a.kind, a.seed)
     noise_key, path_key, draw_key = jax.random.split(jax.random.key(a.seed), 3)
-    setting = Setting(
-        a.method, a.steps,
-        probabilities_for(calibration, a.steps, a.top_evaluations, a.draws)
-        if a.method == "mlem"
-        else None,
-        stitch_switch(a.stitch_fraction) if a.method == "tstitch" else None,
-        draws=a.draws,
-    )
+    probabilities = (probabilities_for(calibration, a.steps, a.top_evaluations, a.draws)
+                     if a.method == "mlem" else None)
+    switch = stitch_switch(a.stitch_fraction) if a.method == "tstitch" else None
+    setting = Setting(a.method, a.steps, probabilities, switch, draws=a.draws)
     x1 = initial_noise(noise_key, a.count, image_shape)
     outcome = run_setting(setting, levels, x1, path_key, draw_key, calibration["flops"])
     path = save_samples(a.out, outcome.samples)
