@@ -3,7 +3,7 @@
 from ._calibrate import LevelCosts, LevelStatistics, fit_gamma, level_costs, level_statistics
 from ._diffrax import MLEM, MLEMSolverState, MultilevelTerm, evaluations
 from ._frontier import cost_to_reach, frontier_slope, pareto_frontier
-from ._levels import draw_levels, levels_to_evaluate, multilevel_drift
+from ._levels import draw_levels, levels_to_evaluate, multilevel_drift, needed_levels
 from ._precision import InPrecision, in_precision
 from ._probabilities import correction_costs, optimal_probabilities
 from ._profile import VarianceProfile, variance_profile
@@ -49,6 +49,7 @@ __all__ = [
     "levels_to_evaluate",
     "median_seconds",
     "multilevel_drift",
+    "needed_levels",
     "optimal_probabilities",
     "pareto_frontier",
     "random_feature_drift",

@@ -22,6 +22,7 @@ import jax.tree_util as jtu
 from diffrax._term import AdjointTerm, WrapTerm
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
+from ._levels import needed_levels
 from ._schedule import check_schedule_callable, checked_schedule_row
 from ._step import MLEMState, build_step
 from ._validation import (
@@ -38,7 +39,8 @@ class MultilevelTerm(diffrax.AbstractTerm):
 
     `MLEM` replaces $f$ at each step by the unbiased estimate
     $F_n = f^1 + \sum_{l \ge 2} (B_{n,l} / p_l) (f^l - f^{l-1})$ with
-    $P(B_{n,l} = 1) = p_l$, so $E[F_n] = f^K$.
+    $P(B_{n,l} = 1) = p_l$, so $E[F_n] = f^K$. Levels that cancel from the estimate
+    (`mlem_jax.needed_levels` of array probabilities) are never evaluated.
 
     Any other diffrax solver sees this term as `ODETerm(levels[-1])`: the top level,
     which is what the estimate is unbiased for. So `diffrax.Euler()` on the same terms
@@ -49,6 +51,7 @@ class MultilevelTerm(diffrax.AbstractTerm):
     probabilities: Float[Array, " K"] | Float[Array, "N K"] | Callable | None
     coupling: str = eqx.field(static=True)
     draws: str = eqx.field(static=True)
+    needed: tuple[int, ...] = eqx.field(static=True)
 
     def __init__(
         self,
@@ -83,9 +86,14 @@ class MultilevelTerm(diffrax.AbstractTerm):
         if callable(probabilities):
             check_schedule_callable(probabilities, len(self.levels))
             self.probabilities = probabilities
+            self.needed = tuple(range(len(self.levels)))
         else:
             self.probabilities = check_probabilities(
                 probabilities, len(self.levels), coupling
+            )
+            self.needed = (
+                (0,) if self.probabilities is None
+                else needed_levels(self.probabilities, coupling)
             )
 
     def vf(self, t: Any, y: PyTree, args: Any) -> PyTree:
@@ -332,7 +340,8 @@ class MLEM(diffrax.AbstractItoSolver):
             term.probabilities, solver_state.num_steps, t0 * parsed.direction,
             len(levels), term.coupling,
         )
-        step = build_step(levels, p, noise=noise, coupling=term.coupling, draws=term.draws)
+        step = build_step(levels, p, noise=noise, coupling=term.coupling, draws=term.draws,
+                          needed=term.needed)
         dt = parsed.drift.contr(t0, t1)  # the signed time step: negative in reverse time
         start = MLEMState(y0, solver_state.evaluations, solver_state.num_steps)
         state, _ = step(self.key, start, t0, dt, dw, args)

@@ -7,7 +7,10 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
+
+from ._validation import concrete_or_none
 
 
 def draw_levels(
@@ -69,6 +72,29 @@ def levels_to_evaluate(drawn: Bool[Array, " K"]) -> Bool[Array, " K"]:
     Under the nested coupling this is `drawn` itself.
     """
     return drawn.at[:-1].set(drawn[:-1] | drawn[1:])
+
+
+def needed_levels(probabilities: Any, coupling: str = "nested") -> tuple[int, ...]:
+    """The indices of the levels that the drift estimate depends on.
+
+    Under the nested coupling one uniform draws every level, so levels l and l + 1
+    with p_l == p_(l+1) (in every row of a schedule) are always drawn together and
+    f^l cancels from the estimate: (f^l - f^(l-1)) / p + (f^(l+1) - f^l) / p =
+    (f^(l+1) - f^(l-1)) / p, with f^0 = 0. Leaving such levels out changes no draw and,
+    up to rounding, no estimate; e.g. p = (1, 1, 0.5, 0.25) needs levels 2, 3 and 4
+    only, and every p_l = 1 needs the top level alone (EM). Under the independent
+    coupling, and for traced `probabilities`, every level is needed.
+
+    **Returns:**
+
+    Sorted 0-based indices, the top level's always among them.
+    """
+    values = concrete_or_none(probabilities)
+    if values is None or coupling != "nested":
+        return tuple(range(np.shape(probabilities)[-1]))
+    rows = values.reshape(-1, values.shape[-1])
+    redundant = (rows[:, :-1] == rows[:, 1:]).all(axis=0)
+    return tuple(int(i) for i in np.flatnonzero(~np.append(redundant, False)))
 
 
 def _zeros_like(tree: PyTree) -> PyTree:

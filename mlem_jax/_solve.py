@@ -11,6 +11,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from ._brownian import brownian_increments
+from ._levels import needed_levels
 from ._schedule import probabilities_at, probability_table
 from ._step import build_step, diagonal_noise, init
 from ._validation import (
@@ -76,7 +77,7 @@ def grid_time(n: Any, t0: Any, t1: Any, num_steps: int) -> Any:
 @eqx.filter_jit
 def _scan(
     levels, probabilities, diffusion, brownian, coupling, draws, y0, t0, t1, num_steps, key,
-    args, save,
+    args, save, needed,
 ):
     # Shape checks and closures live inside the jit: they run once per trace, and
     # repeated eager calls hit the cache.
@@ -100,7 +101,7 @@ def _scan(
         dw = None if increments is None else increments(n, t, dt)
         step = build_step(
             levels, probabilities_at(probabilities, n), noise=noise, coupling=coupling,
-            draws=draws,
+            draws=draws, needed=needed,
         )
         state, _ = step(key, state, t, dt, dw, args)
         if save is not None:
@@ -158,8 +159,11 @@ def solve(
     P(B_{n,l} = 1) = p_l (p_{n,l} under a schedule), so E[F_n | X_n] = f^K (the top
     level) at every step (on average over the shift with stratified draws). The draws
     are shared by the whole batch, and a level that is not drawn is skipped with
-    `lax.cond`, also when `solve` is `vmap`ped over `y0` with an unbatched `key`. The
-    loop is a `lax.scan`, jit-compiled and differentiable.
+    `lax.cond`, also when `solve` is `vmap`ped over `y0` with an unbatched `key`. Levels
+    that cancel from the estimate (`needed_levels`: under the nested coupling, level l
+    when p_l == p_(l+1) at every step, e.g. level 1 when p_2 = 1) are never evaluated
+    when `probabilities` are concrete. The loop is a `lax.scan`, jit-compiled and
+    differentiable.
 
     **Arguments:**
 
@@ -222,7 +226,7 @@ def solve(
     ys, ts, evaluations = _scan(
         levels, probabilities, diffusion, brownian, coupling, draws, y0,
         jnp.asarray(t0, time_dtype), jnp.asarray(t1, time_dtype), num_steps, key, args,
-        save,
+        save, None if probabilities is None else needed_levels(probabilities, coupling),
     )
     cost = None if costs is None else evaluations @ costs
     return Solution(ys=ys, ts=ts, evaluations=evaluations, cost=cost)

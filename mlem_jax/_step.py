@@ -3,12 +3,20 @@
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
+import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 from jaxtyping import Array, Bool, Int, PRNGKeyArray, PyTree
 
-from ._levels import draw_levels, multilevel_drift
-from ._validation import check_coupling, check_draws, check_levels, check_probabilities
+from ._levels import draw_levels, multilevel_drift, needed_levels
+from ._validation import (
+    check_coupling,
+    check_draws,
+    check_levels,
+    check_probabilities,
+    concrete_or_none,
+)
 
 
 class MLEMState(NamedTuple):
@@ -51,6 +59,26 @@ def init(y0: PyTree, num_levels: int) -> MLEMState:
                      step=jnp.zeros((), jnp.int32))
 
 
+def check_needed(needed: Sequence[int] | None, probabilities: Any, num_levels: int,
+                 coupling: str) -> list[int]:
+    """`needed` as a sorted list of level indices, checked to include every level the
+    estimate needs (`needed_levels`, or just the top one for traced `probabilities`);
+    `needed_levels(probabilities)` when None."""
+    if probabilities is None:
+        return [0]
+    if needed is None:
+        return list(needed_levels(probabilities, coupling))
+    traced = concrete_or_none(probabilities) is None and coupling == "nested"
+    required = (num_levels - 1,) if traced else needed_levels(probabilities, coupling)
+    chosen = sorted({int(i) for i in needed})
+    if not set(required) <= set(chosen) or not set(chosen) <= set(range(num_levels)):
+        raise ValueError(
+            f"`needed` must be level indices in 0..{num_levels - 1} including "
+            f"{list(required)} (`needed_levels` of the probabilities), got {list(needed)}."
+        )
+    return chosen
+
+
 def diagonal_noise(diffusion: Callable) -> NoiseIncrement:
     """The noise increment g(t, y, args) * dW for diagonal or scalar noise."""
 
@@ -67,6 +95,7 @@ def build_step(
     noise: NoiseIncrement | None = None,
     coupling: str = "nested",
     draws: str = "random",
+    needed: Sequence[int] | None = None,
 ) -> Step:
     """Build the ML-EM step `step(key, state, t, dt, dw, args) -> (state, info)`.
 
@@ -82,6 +111,10 @@ def build_step(
         `diagonal_noise(g)`), or None for an ODE.
     - `coupling`: `"nested"` or `"independent"` (see `draw_levels`).
     - `draws`: `"random"` or `"stratified"` (see `draw_levels`).
+    - `needed`: the 0-based indices of the levels to evaluate, `needed_levels(p)`:
+        levels that cancel from the estimate are skipped. None works them out from
+        `probabilities` when they are concrete (every level when they are traced, as
+        inside a jit: compute `needed_levels` outside it and pass it here).
 
     **Returns:**
 
@@ -94,6 +127,17 @@ def build_step(
     check_coupling(coupling)
     check_draws(draws)
     p = check_probabilities(probabilities, len(levels), coupling)
+    needed = check_needed(needed, p, len(levels), coupling)
+    used = [levels[i] for i in needed]
+    index = np.array(needed)
+    skipped = [i for i in range(len(levels)) if i not in needed]
+    if skipped and concrete_or_none(p) is None:
+        # Traced p: check at run time that the skipped levels cancel (p_l == p_(l+1)).
+        p = eqx.error_if(
+            p, jnp.any(p[..., np.array(skipped)] != p[..., np.array(skipped) + 1]),
+            f"`needed` skips levels {skipped}, which cancel only where p_l == p_(l+1); "
+            "compute it with `needed_levels` from these probabilities.",
+        )
 
     def step(key, state, t, dt, dw, args):
         if p is None:
@@ -101,9 +145,10 @@ def build_step(
             drawn = evaluated = jnp.ones(1, bool)
         else:
             drawn = draw_levels(key, p, coupling, step=state.step, draws=draws)
-            drift, evaluated = multilevel_drift(
-                levels, p, drawn, t, state.y, args, coupling
+            drift, evaluated_used = multilevel_drift(
+                used, p[..., index], drawn[..., index], t, state.y, args, coupling
             )
+            evaluated = jnp.zeros(len(levels), bool).at[index].set(evaluated_used)
         y = jtu.tree_map(lambda y, f: y + (dt * f).astype(y.dtype), state.y, drift)
         if noise is not None:
             y = jtu.tree_map(jnp.add, y, noise(t, state.y, args, dw))

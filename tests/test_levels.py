@@ -79,3 +79,55 @@ def test_nested_draws_are_nested():
     _, evaluated = draws("nested", 2_000, seed=3)
     e = np.asarray(evaluated)
     assert np.all(e[:, 1:] <= e[:, :-1])
+
+
+def test_needed_levels_leave_out_the_levels_that_cancel():
+    assert mlem_jax.needed_levels(jnp.array([1.0, 1.0, 0.5, 0.25])) == (1, 2, 3)
+    assert mlem_jax.needed_levels([1.0, 0.5, 0.5, 0.25]) == (0, 2, 3)
+    assert mlem_jax.needed_levels([1.0, 1.0, 1.0]) == (2,)
+    assert mlem_jax.needed_levels(P) == (0, 1, 2, 3)
+    # A schedule: only where p_l == p_(l+1) in every row.
+    assert mlem_jax.needed_levels([[1.0, 1.0, 0.5], [1.0, 0.5, 0.5]]) == (0, 1, 2)
+    assert mlem_jax.needed_levels([1.0, 1.0, 0.5], "independent") == (0, 1, 2)
+    traced = jax.jit(lambda p: jnp.array(mlem_jax.needed_levels(p)))(jnp.ones(3))
+    assert traced.tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("draws", ["random", "stratified"])
+@pytest.mark.parametrize("probabilities, skipped", [((1.0, 1.0, 0.5, 0.25), [0]),
+                                                    ((1.0, 0.5, 0.5, 0.2), [1])])
+def test_skipping_levels_that_cancel_changes_only_the_rounding(probabilities, skipped,
+                                                               draws):
+    # The same draws with every level evaluated (needed given in full): the estimates
+    # agree to rounding, and the skipped levels were never evaluated.
+    def run(needed):
+        step = mlem_jax.build_step(LEVELS, jnp.array(probabilities), draws=draws,
+                                   needed=needed)
+
+        def body(state, _):
+            state, info = step(jax.random.key(4), state, 0.0, 0.01, None, None)
+            return state, info.drawn
+        return jax.lax.scan(body, mlem_jax.init(Y, 4), None, length=64)
+
+    (skipping, drawn), (full, drawn_full) = run(None), run(range(4))
+    np.testing.assert_allclose(skipping.y, full.y, rtol=1e-6)
+    np.testing.assert_array_equal(drawn, drawn_full)
+    assert skipping.evaluations[np.array(skipped)].tolist() == [0]
+    kept = [i for i in range(4) if i not in skipped]
+    np.testing.assert_array_equal(skipping.evaluations[np.array(kept)],
+                                  full.evaluations[np.array(kept)])
+    assert int(full.evaluations[skipped[0]]) > 0
+    assert not np.array_equal(skipping.y, Y)
+
+
+def test_needed_must_keep_the_levels_that_do_not_cancel():
+    with pytest.raises(ValueError, match=r"`needed` must .* including \[0, 2, 3\].*\[2, 3\]"):
+        mlem_jax.build_step(LEVELS, [1.0, 0.5, 0.5, 0.2], needed=[2, 3])
+    with pytest.raises(ValueError, match=r"`needed`.*0\.\.3"):
+        mlem_jax.build_step(LEVELS, [1.0, 0.5, 0.5, 0.2], needed=[0, 2, 3, 4])
+    # Traced probabilities are checked when the step runs.
+    step = jax.jit(lambda p: mlem_jax.build_step(LEVELS, p, needed=[2, 3])(
+        jax.random.key(0), mlem_jax.init(Y, 4), 0.0, 0.01, None, None)[0].y)
+    assert np.isfinite(step(jnp.array([1.0, 1.0, 1.0, 0.5]))).all()
+    with pytest.raises(Exception, match=r"`needed` skips levels \[0, 1\]"):
+        step(jnp.array([1.0, 0.5, 0.5, 0.5])).block_until_ready()
