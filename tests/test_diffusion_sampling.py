@@ -8,6 +8,7 @@ import pytest
 from mlem_jax.diffusion.brownian import grid_brownian_path
 from mlem_jax.diffusion.calibrate import calibrate, probabilities_for, schedule_for
 from mlem_jax.diffusion.metrics import frechet_distance, strong_error
+from mlem_jax.diffusion.runner import Setting, run_setting
 from mlem_jax.diffusion.sample import (
     T_MIN, initial_noise, method_cost, sample, score_levels, stitch_evaluations,
     stitch_switch,
@@ -47,10 +48,11 @@ def test_each_sampler_runs(kind):
 
 def test_samplers_agree_where_they_must(kind="sde"):
     em = _run("em", kind)
-    # ML-EM with every correction always drawn is EM with the largest level.
+    # ML-EM with every correction always drawn is EM with the largest level, exactly:
+    # the small level cancels from the estimate and is skipped.
     full = _run("mlem", kind, probabilities=(1.0, 1.0))
-    np.testing.assert_allclose(full.ys, em.ys, rtol=1e-4, atol=1e-4)
-    assert full.evaluations.tolist() == [STEPS, STEPS]
+    np.testing.assert_array_equal(full.ys, em.ys)
+    assert full.evaluations.tolist() == [0, STEPS]
     # T-Stitch switching after the last step is EM with the small level; before the
     # first, EM with the large one.
     small = sample("em", score_levels(tiny_unets()[:1], kind),
@@ -58,6 +60,21 @@ def test_samplers_agree_where_they_must(kind="sde"):
                    brownian=grid_brownian_path(jax.random.key(2), (3, *IMAGE_SHAPE), 8, T_MIN))
     np.testing.assert_allclose(_run("tstitch", kind, switch=0.0).ys, small.ys, atol=1e-5)
     np.testing.assert_allclose(_run("tstitch", kind, switch=1.0).ys, em.ys, atol=1e-5)
+
+
+def test_runner_skips_the_levels_that_cancel_and_accounts_them():
+    levels = score_levels(tiny_unets())
+    x1 = initial_noise(jax.random.key(1), 3, IMAGE_SHAPE)
+    path, key, flops, cache = jax.random.key(2), jax.random.key(3), [1.0, 4.0], {}
+    setting = Setting("mlem", STEPS, (1.0, 1.0))
+    skipped = run_setting(setting, levels, x1, path, key, flops, cache)
+    em = run_setting(Setting("em", STEPS), levels, x1, path, key, flops, cache)
+    np.testing.assert_array_equal(skipped.samples, em.samples)
+    assert skipped.evaluations.tolist() == [0, STEPS] and skipped.flops == em.flops == 16.0
+    # The compiled sampler of p = (1, 1) is not reused for p = (1, 0.5), which needs both.
+    both = run_setting(setting._replace(probabilities=(1.0, 0.5)), levels, x1, path, key,
+                       flops, cache)
+    assert both.evaluations[0] == STEPS and both.flops == STEPS + 4.0 * both.evaluations[1]
 
 
 def test_sampler_arguments_are_checked():

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
+from .._levels import needed_levels
 from .._solve import Solution
 from .sample import T_MIN, method_cost, sample
 from .sde import ScoreDrift
@@ -89,10 +90,19 @@ def run_setting(setting: Setting, levels: Sequence[ScoreDrift], x1: Array, brown
 
     An `Outcome`.
     """
+    # p is traced in the compiled sampler, so the levels that cancel from ML-EM's
+    # estimate (`needed_levels`) are left out here, where p is known.
+    needed = (needed_levels(setting.probabilities) if setting.method == "mlem"
+              else tuple(range(len(levels))))
+    full = len(levels)
+    levels = [levels[i] for i in needed]
+    if setting.method == "mlem":
+        setting = setting._replace(
+            probabilities=np.asarray(setting.probabilities)[..., list(needed)])
     dtypes = tuple(str(leaf.dtype) for leaf in jax.tree_util.tree_leaves(
         eqx.filter(list(levels), eqx.is_array)))
     signature = (setting.method, setting.num_steps, setting.draws, setting.switch,
-                 setting.small, x1.shape,
+                 setting.small, needed, x1.shape,
                  x1.dtype, getattr(x1, "sharding", None), type(brownian).__name__,
                  np.shape(setting.probabilities), dtypes)
     cache = {} if cache is None else cache
@@ -104,6 +114,8 @@ def run_setting(setting: Setting, levels: Sequence[ScoreDrift], x1: Array, brown
     start = time.perf_counter()
     solution = jax.block_until_ready(run(x1, brownian, key, p))
     seconds = time.perf_counter() - start
-    cost = method_cost(setting.method, solution.evaluations, flops, setting.num_steps,
+    evaluations = np.zeros(full, np.int64)
+    evaluations[list(needed)] = np.asarray(solution.evaluations)
+    cost = method_cost(setting.method, evaluations, flops, setting.num_steps,
                        setting.switch, setting.small, T_MIN)
-    return Outcome(np.asarray(solution.ys), cost, seconds, np.asarray(solution.evaluations))
+    return Outcome(np.asarray(solution.ys), cost, seconds, evaluations)
