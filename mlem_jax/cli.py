@@ -158,7 +158,7 @@ def _distributed_sample(a: argparse.Namespace) -> None:
     probabilities = a.probabilities
     if a.method == "mlem" and probabilities is None:
         levels, image_shape, calibration = prepare(a.checkpoints, a.kind, a.seed)
-        probabilities = probabilities_for(calibration, a.steps, a.top_evaluations)
+        probabilities = probabilities_for(calibration, a.steps, a.top_evaluations, a.draws)
     else:
         models, manifests = load_levels(a.checkpoints)
         levels, image_shape = score_levels(models, a.kind), manifests[-1]["image_shape"]
@@ -168,7 +168,7 @@ def _distributed_sample(a: argparse.Namespace) -> None:
     start = time.perf_counter()
     samples, evaluations = distributed.sample_sharded(
         a.method, levels, jax.random.key(a.seed), a.count, image_shape, a.steps,
-        probabilities=probabilities,
+        probabilities=probabilities, draws=a.draws,
         switch=stitch_switch(a.stitch_fraction) if a.method == "tstitch" else None,
     )
     seconds = time.perf_counter() - start
@@ -268,7 +268,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="ML-EM: expected evaluations of the largest UNet per run")
     dist.add_argument("--probabilities", type=_probabilities,
                       help="ML-EM: p_1..p_K, one per checkpoint, e.g. 1,0.3 (default: from "
-                           "<checkpoints>/calibration.json and --top-evaluations)")
+                           "<checkpoints>/calibration.json, --top-evaluations and --draws)")
+    dist.add_argument("--draws", choices=("random", "stratified"), default="random",
+                      help="ML-EM: independent level draws at every step, or spread evenly")
     dist.add_argument("--stitch-fraction", type=_fraction, default=0.5,
                       help="T-Stitch: share of the time span on the small UNet")
     dist.add_argument("--out", default="samples.npz", help="output .npz (process 0)")

@@ -127,6 +127,7 @@ def sample_sharded(
     num_steps: int,
     *,
     probabilities: Any = None,
+    draws: str = "random",
     switch: float | None = None,
     mesh: Mesh | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +146,7 @@ def sample_sharded(
     - `count`: global batch size, divisible by the number of devices.
     - `image_shape`: (C, H, W).
     - `num_steps`: steps from t = 1 to t_min.
-    - `probabilities`, `switch`: as in `mlem_jax.diffusion.sample`.
+    - `probabilities`, `draws`, `switch`: as in `mlem_jax.diffusion.sample`.
     - `mesh`: default `batch_mesh()`.
 
     **Returns:**
@@ -157,5 +158,5 @@ def sample_sharded(
     noise_key, path_key, draw_key = jax.random.split(key, 3)
     x1 = global_noise(noise_key, count, image_shape, mesh)
     solution = sample(method, levels, x1, num_steps, key=draw_key, brownian=path_key,
-                      probabilities=probabilities, switch=switch)
+                      probabilities=probabilities, draws=draws, switch=switch)
     return gather(solution.ys), gather(solution.evaluations)

@@ -19,7 +19,7 @@ from mlem_jax.diffusion.sample import score_levels
 from diffusion_helpers import IMAGE_SHAPE, tiny_unets
 
 TIMEOUT = 120  # seconds for the whole two-process run, start-up and compilation included
-RUN = dict(count=4, steps=4, probabilities=(1.0, 0.5), seed=3)
+RUN = dict(count=4, steps=4, probabilities=(1.0, 0.5), draws="stratified", seed=3)
 
 
 def _free_port() -> int:
@@ -41,7 +41,7 @@ def _launcher(process_id: int, port: int, checkpoints: str, out: str, local_devi
         "--process-id", str(process_id), "--local-devices", str(local_devices),
         "--timeout", "60", "--checkpoints", checkpoints, "--count", str(RUN["count"]),
         "--steps", str(RUN["steps"]), "--method", "mlem",
-        "--probabilities", ",".join(map(str, RUN["probabilities"])),
+        "--probabilities", ",".join(map(str, RUN["probabilities"])), "--draws", RUN["draws"],
         "--seed", str(RUN["seed"]), "--out", out,
     ]
 
@@ -78,7 +78,7 @@ def test_two_processes_equal_one_process(tmp_path):
     shape = IMAGE_SHAPE
     samples, evaluations = distributed.sample_sharded(
         "mlem", levels, jax.random.key(RUN["seed"]), RUN["count"], shape, RUN["steps"],
-        probabilities=RUN["probabilities"],
+        probabilities=RUN["probabilities"], draws=RUN["draws"],
     )
     assert jax.device_count() == 1  # the reference is a plain single-device run
     assert gathered["samples"].shape == samples.shape == (RUN["count"], *shape)
