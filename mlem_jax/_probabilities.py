@@ -102,6 +102,9 @@ def optimal_probabilities(
     else:
         scale = _scale_for_budget(shape, v, variance_budget, power)
     p = np.minimum(1.0, scale * shape)
+    # A p_l that is 1 up to rounding (m == N gives (m / N / shape_K) * shape_K) is 1, so
+    # that the levels that cancel are recognised (`needed_levels`).
+    p = np.where(np.isclose(p, 1.0, rtol=0.0, atol=1e-12), 1.0, p)
     p = np.where(p > 0, p, p[p > 0].min())
     if coupling == "nested":
         p = np.maximum.accumulate(p[..., ::-1], axis=-1)[..., ::-1]

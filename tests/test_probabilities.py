@@ -109,3 +109,17 @@ def test_result_is_accepted_by_solve():
     sol = mlem_jax.solve(levels, jnp.ones(2), 0.0, 1.0, 50, probabilities=p,
                          key=jax.random.key(0))
     assert sol.evaluations[0] == 50
+
+
+@pytest.mark.parametrize("draws", ["random", "stratified"])
+def test_top_level_at_every_step_gives_probabilities_exactly_one(draws):
+    # m == N draws the top level at every step: p is exactly 1 (not 1 - 1e-16), so every
+    # level below the top cancels and ML-EM is EM on the top level.
+    # The diffusion levels' calibration, whose random-draw p_K came out as 1 - 1.1e-16.
+    costs = [1482614.25, 5160349.0, 19152752.0, 73456112.0]
+    variances = [2873.159698486328, 727.4701743125916, 264.1950731277466]
+    for n in (64, 96, 128):
+        p = mlem_jax.optimal_probabilities(costs, variances, top_level_evaluations=n,
+                                           num_steps=n, draws=draws)
+        assert p.tolist() == [1.0] * 4
+        assert mlem_jax.needed_levels(p) == (3,)
