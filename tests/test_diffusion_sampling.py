@@ -1,5 +1,6 @@
 """EM, ML-EM and T-Stitch samplers (SDE and ODE), the Brownian grid, calibration."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,6 +76,14 @@ def test_runner_skips_the_levels_that_cancel_and_accounts_them():
     both = run_setting(setting._replace(probabilities=(1.0, 0.5)), levels, x1, path, key,
                        flops, cache)
     assert both.evaluations[0] == STEPS and both.flops == STEPS + 4.0 * both.evaluations[1]
+    # Other weights of the same shapes reuse the compiled sampler but run themselves.
+    scaled = jax.tree_util.tree_map(lambda x: 1.1 * x if eqx.is_inexact_array(x) else x,
+                                    levels)
+    cached = run_setting(setting, scaled, x1, path, key, flops, cache)
+    assert len(cache) == 3
+    fresh = run_setting(setting, scaled, x1, path, key, flops)
+    np.testing.assert_array_equal(cached.samples, fresh.samples)
+    assert not np.allclose(cached.samples, skipped.samples)
 
 
 def test_sampler_arguments_are_checked():

@@ -122,8 +122,8 @@ def run_bench(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 16,
     mlem = Setting("mlem", num_steps, probabilities_for(calibration, num_steps))
     p = jnp.asarray(mlem.probabilities)
     runs = [compile_sampler(setting, levels, x1, path_key) for setting in (em, mlem)]
-    calls = [lambda: runs[0](x1, path_key, draw_key, None),
-             lambda: runs[1](x1, path_key, draw_key, p)]
+    calls = [lambda: runs[0](levels, x1, path_key, draw_key, None),
+             lambda: runs[1](levels, x1, path_key, draw_key, p)]
     seconds = interleaved_median_seconds(calls, repeats=repeats)
     print(f"{num_steps} steps, {count} images: EM {seconds[0]:.2f} s, ML-EM "
           f"{seconds[1]:.2f} s, ratio {seconds[0] / seconds[1]:.2f}x")

@@ -44,29 +44,45 @@ class Outcome(NamedTuple):
     evaluations: np.ndarray
 
 
-Sampler = Callable[[Array, Any, PRNGKeyArray, Array | None], Solution]
+Sampler = Callable[[Sequence[ScoreDrift], Array, Any, PRNGKeyArray, Array | None], Solution]
 
 
 def compile_sampler(setting: Setting, levels: Sequence[ScoreDrift], x1: Array,
                     brownian: Any) -> Sampler:
     """The sampler of `setting`, lowered and compiled for arguments like these, as
-    `run(x1, brownian, key, probabilities) -> Solution`: the noise, the Brownian path,
-    the ML-EM draw key and p_l are arguments, so one compilation serves every budget
-    and draw sequence, and a timed call measures the run only. (Methods other than
-    ML-EM ignore `key` and `probabilities`.)"""
+    `run(levels, x1, brownian, key, probabilities) -> Solution`: the levels' weights,
+    the noise, the Brownian path, the ML-EM draw key and p_l are arguments, so one
+    compilation serves every budget and draw sequence, and a timed call measures the
+    run only. (Methods other than ML-EM ignore `key` and `probabilities`.)
+
+    p is traced in the compiled sampler, so the levels that cancel from ML-EM's
+    estimate at `setting.probabilities` (`mlem_jax.needed_levels`) are left out here,
+    where p is known; `Solution.evaluations` still has one entry per level.
+    """
+    mlem = setting.method == "mlem"
+    needed = np.array(needed_levels(setting.probabilities) if mlem else range(len(levels)))
     dynamic, static = eqx.partition(list(levels), eqx.is_array)
 
     def run(dynamic, x1, brownian, key, probabilities):
-        return sample(
-            setting.method, eqx.combine(dynamic, static), x1, setting.num_steps, key=key,
+        levels = eqx.combine(dynamic, static)
+        if mlem:
+            levels, probabilities = [levels[i] for i in needed], probabilities[..., needed]
+        solution = sample(
+            setting.method, levels, x1, setting.num_steps, key=key,
             brownian=brownian, probabilities=probabilities, draws=setting.draws,
             switch=setting.switch, small=setting.small,
         )
+        if not mlem:
+            return solution
+        evaluations = jnp.zeros(len(dynamic), solution.evaluations.dtype)
+        return eqx.tree_at(lambda s: s.evaluations, solution,
+                           evaluations.at[needed].set(solution.evaluations))
 
     key = jax.random.key(0)
-    p = jnp.ones(np.shape(setting.probabilities)) if setting.method == "mlem" else None
+    p = jnp.ones(np.shape(setting.probabilities)) if mlem else None
     compiled = jax.jit(run).lower(dynamic, x1, brownian, key, p).compile()
-    return lambda x1, brownian, key, p: compiled(dynamic, x1, brownian, key, p)
+    return lambda levels, x1, brownian, key, p: compiled(
+        eqx.filter(list(levels), eqx.is_array), x1, brownian, key, p)
 
 
 def run_setting(setting: Setting, levels: Sequence[ScoreDrift], x1: Array, brownian: Any,
@@ -83,28 +99,21 @@ def run_setting(setting: Setting, levels: Sequence[ScoreDrift], x1: Array, brown
     - `key`: PRNG key of the ML-EM level draws.
     - `flops`: FLOPs of one evaluation of each level per image, (K,).
     - `cache`: a dict owned by the caller that keeps compiled samplers between calls
-        with the same method, steps, draws, switch and arguments of the same shapes, dtypes
-        (levels' included) and sharding.
+        with the same method, steps, draws, switch, needed levels and arguments of the
+        same structure, shapes, dtypes (levels' included) and sharding; each call runs
+        its own `levels`.
 
     **Returns:**
 
     An `Outcome`.
     """
-    # p is traced in the compiled sampler, so the levels that cancel from ML-EM's
-    # estimate (`needed_levels`) are left out here, where p is known.
-    needed = (needed_levels(setting.probabilities) if setting.method == "mlem"
-              else tuple(range(len(levels))))
-    full = len(levels)
-    levels = [levels[i] for i in needed]
-    if setting.method == "mlem":
-        setting = setting._replace(
-            probabilities=np.asarray(setting.probabilities)[..., list(needed)])
-    dtypes = tuple(str(leaf.dtype) for leaf in jax.tree_util.tree_leaves(
-        eqx.filter(list(levels), eqx.is_array)))
+    needed = needed_levels(setting.probabilities) if setting.method == "mlem" else None
+    arrays = eqx.filter(list(levels), eqx.is_array)
+    leaves = tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree_util.tree_leaves(arrays))
     signature = (setting.method, setting.num_steps, setting.draws, setting.switch,
-                 setting.small, needed, x1.shape,
-                 x1.dtype, getattr(x1, "sharding", None), type(brownian).__name__,
-                 np.shape(setting.probabilities), dtypes)
+                 setting.small, needed, np.shape(setting.probabilities), x1.shape, x1.dtype,
+                 getattr(x1, "sharding", None), type(brownian).__name__,
+                 jax.tree_util.tree_structure(arrays), leaves)
     cache = {} if cache is None else cache
     if signature not in cache:
         cache[signature] = compile_sampler(setting, levels, x1, brownian)
@@ -112,10 +121,8 @@ def run_setting(setting: Setting, levels: Sequence[ScoreDrift], x1: Array, brown
     p = None if setting.probabilities is None else jnp.asarray(setting.probabilities)
     key = jax.random.key(0) if key is None else key
     start = time.perf_counter()
-    solution = jax.block_until_ready(run(x1, brownian, key, p))
+    solution = jax.block_until_ready(run(levels, x1, brownian, key, p))
     seconds = time.perf_counter() - start
-    evaluations = np.zeros(full, np.int64)
-    evaluations[list(needed)] = np.asarray(solution.evaluations)
-    cost = method_cost(setting.method, evaluations, flops, setting.num_steps,
+    cost = method_cost(setting.method, solution.evaluations, flops, setting.num_steps,
                        setting.switch, setting.small, T_MIN)
-    return Outcome(np.asarray(solution.ys), cost, seconds, evaluations)
+    return Outcome(np.asarray(solution.ys), cost, seconds, np.asarray(solution.evaluations))
