@@ -329,8 +329,8 @@ def limits_text(limits: dict, target: float) -> str:
         + (f"{need}x smaller than measured." if need else "more than "
            f"{limits['predicted'][-1]['reduction']}x smaller than measured.")
         + " In wall-clock it cannot beat EM by more than c_K / c_1 = "
-        f"{limits['wallclock_bound']:.1f}x at any variance (level 1 runs at every step and "
-        f"the smallest UNet takes 1/{limits['wallclock_bound']:.1f} of the largest's time "
+        f"{limits['wallclock_bound']:.1f}x at any variance (some level runs at every step, "
+        f"and the smallest UNet takes 1/{limits['wallclock_bound']:.1f} of the largest's time "
         f"on this CPU, against 1/{limits['flops_bound']:.0f} of its FLOPs). At the measured "
         "v_l it predicts these FLOP speedups at the error of each EM point: "
         + ", ".join(f"{_times(row['speedup_flops'])} at {row['target']:.2f}"
