@@ -15,8 +15,9 @@ score `data` at the same size), but the bias is the same for every method.
 
 **Configurations.** The shipped UNets (widths 2, 4, 8, 16) as reverse-SDE levels; EM with
 the largest UNet, ML-EM with constant p_l from the shipped calibration
-(`probabilities_for`: top level drawn about m times) and T-Stitch (width 8 on the first
-half of the time span, then width 16). Cost: FLOPs per image actually spent, and seconds
+(`probabilities_for`: top level drawn about m times), with random draws (the paper's
+method) and with stratified draws and the p_l optimal for them (`draws="stratified"`),
+and T-Stitch (width 8 on the first half of the time span, then width 16). Cost: FLOPs per image actually spent, and seconds
 per image (compiled samplers, batch of `samples`).
 
 **Speedup at equal quality.** For the FD of each EM configuration, the cheapest
@@ -44,10 +45,12 @@ from mlem_jax.diffusion.sample import initial_noise, score_levels, stitch_switch
 
 RESULTS = Path(__file__).parent / "results"
 FULL = dict(samples=256, repeats=6, em_steps=(16, 32, 64, 128), mlem_steps=(64, 128),
-            budgets=(4.0, 8.0, 16.0), stitch_steps=(16, 32, 64))
+            budgets=(4.0, 8.0, 16.0), stratified_steps=(64, 96, 128),
+            stratified_budgets=(8.0, 16.0, 24.0), stitch_steps=(16, 32, 64))
 QUICK = dict(samples=16, repeats=2, em_steps=(8, 16), mlem_steps=(16,), budgets=(2.0,),
-             stitch_steps=(8,))
-FAMILIES = {"em": "EM, largest UNet", "mlem": "ML-EM, constant p_l", "tstitch": "T-Stitch"}
+             stratified_steps=(16,), stratified_budgets=(4.0,), stitch_steps=(8,))
+FAMILIES = {"em": "EM, largest UNet", "mlem": "ML-EM, constant p_l",
+            "mlem_s3": "ML-EM, stratified draws", "tstitch": "T-Stitch"}
 
 
 def settings(config: dict, calibration: dict) -> dict[str, list[Setting]]:
@@ -57,6 +60,9 @@ def settings(config: dict, calibration: dict) -> dict[str, list[Setting]]:
         "mlem": [Setting("mlem", n, probabilities_for(calibration, n, m),
                          label=f"ML-EM N={n} m={m:g}")
                  for n in config["mlem_steps"] for m in config["budgets"]],
+        "mlem_s3": [Setting("mlem", n, probabilities_for(calibration, n, m, "stratified"),
+                            label=f"ML-EM stratified N={n} m={m:g}", draws="stratified")
+                    for n in config["stratified_steps"] for m in config["stratified_budgets"]],
         "tstitch": [Setting("tstitch", n, switch=stitch_switch(0.5), label=f"T-Stitch N={n}")
                     for n in config["stitch_steps"]],
     }
@@ -152,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
         for setting in family_settings:
             points.append(score(family, setting, levels, features_model, held_out, shape,
                                 config, calibration["flops"], cache))
-            print(f"{setting.label:<22} FD {points[-1]['fd']:7.1f} ± "
+            print(f"{setting.label:<28} FD {points[-1]['fd']:7.1f} ± "
                   f"{points[-1]['fd_standard_error']:5.1f}  "
                   f"MFLOP {points[-1]['flops'] / 1e6:7.0f}",
                   flush=True)

@@ -30,7 +30,7 @@ def test_equal_quality_takes_the_cheapest_point_no_worse_than_em():
 def test_quick_run_writes_results_and_table(tmp_path):
     run_experiment("diffusion_quality", tmp_path, "--quick")
     result = json.loads((tmp_path / "diffusion_quality.json").read_text())
-    assert {p["family"] for p in result["points"]} == {"em", "mlem", "tstitch"}
+    assert {p["family"] for p in result["points"]} == {"em", "mlem", "mlem_s3", "tstitch"}
     for p in result["points"]:
         assert len(p["fd_repeats"]) == result["config"]["repeats"]
         assert p["fd"] > 0 and p["flops"] > 0
