@@ -17,8 +17,8 @@ score `data` at the same size), but the bias is the same for every method.
 the largest UNet, ML-EM with constant p_l from the shipped calibration
 (`probabilities_for`: top level drawn about m times), with random draws (the paper's
 method) and with stratified draws and the p_l optimal for them (`draws="stratified"`),
-and T-Stitch (width 8 on the first half of the time span, then width 16). Cost: FLOPs per image actually spent, and seconds
-per image (compiled samplers, batch of `samples`).
+and T-Stitch (width 8 on the first half of the time span, then width 16). Cost: FLOPs
+per image actually spent, and seconds per image (compiled samplers, batch of `samples`).
 
 **Speedup at equal quality.** For the FD of each EM configuration, the cheapest
 configuration of a family whose mean FD is no larger, and EM's cost over its cost.

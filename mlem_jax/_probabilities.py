@@ -51,8 +51,9 @@ def optimal_probabilities(
     fraction p_l of evenly spread steps is of order h / p_l) and the solution
     p_l = min(1, lambda (v_l / C_l)^(1/3)) spreads the draws more evenly over the
     levels. Under the nested coupling the result is made non-increasing by raising p_l
-    to max_{m >= l} p_m; this only lowers the variance. A level with v_l = 0 gets the smallest positive
-    probability among the others (it never needs evaluating, but p must stay > 0).
+    to max_{m >= l} p_m; this only lowers the variance. A level with v_l = 0 gets the
+    smallest positive probability among the others (it never needs evaluating, but p
+    must stay > 0).
 
     **Time-dependent probabilities.** With `variances` of shape (N, K - 1), row n being
     v_l(t_n) at step n (e.g. `VarianceProfile.at(step_times(t0, t1, N))`), the result
