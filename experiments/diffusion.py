@@ -53,7 +53,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from mlem_jax import level_costs, pareto_frontier
+from mlem_jax import level_costs, needed_levels, pareto_frontier
 from mlem_jax.diffusion.brownian import grid_brownian_path
 from mlem_jax.diffusion.calibrate import (
     calibrate, probabilities_for, schedule_for, write_calibration,
@@ -487,7 +487,8 @@ def speedup_model(result: dict, reductions=(1, 2, 4, 8, 16, 32, 64, 128)) -> dic
     error^2 = (a N^-q)^2 + kappa sum_l v_l (1/p_l - 1) / N, the discretisation error of
     EM plus the randomisation variance of METHOD.md (v_l measured by the calibration;
     kappa, fitted on the constant-p points, absorbs how much of it the reverse dynamics
-    damp). Cost: N sum_l p_l c_l. For each reduction s (v_l -> v_l / s) the cheapest
+    damp). Cost: N sum_l p_l c_l over the levels evaluated (a level that cancels,
+    `mlem_jax.needed_levels`, costs nothing). For each reduction s (v_l -> v_l / s) the cheapest
     (N, m) on a grid reaching the target error gives the predicted speedup over EM's
     N = (a / target)^(1/q) steps, in FLOPs and in seconds per evaluation (`level_seconds`,
     measured on the timing batch), and at the measured v_l, the FLOP speedup at the error
@@ -514,8 +515,10 @@ def speedup_model(result: dict, reductions=(1, 2, 4, 8, 16, 32, 64, 128)) -> dic
     grid = []
     for n in np.unique(np.round(np.geomspace(8, 2048, 25)).astype(int)):
         for m in np.geomspace(0.25, n, 40):
-            p = probabilities_for(c, int(n), float(m))
-            grid.append((n, randomisation(n, p), np.asarray(p)))
+            p = np.asarray(probabilities_for(c, int(n), float(m)))
+            evaluated = np.zeros_like(p)
+            evaluated[list(needed_levels(p))] = p[list(needed_levels(p))]
+            grid.append((n, randomisation(n, p), evaluated))
 
     def speedup(costs, s: float, error: float = target) -> float | None:
         reach = [n * float(np.dot(p, costs)) for n, r, p in grid

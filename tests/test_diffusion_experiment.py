@@ -60,6 +60,26 @@ def test_stratified_reduction_compares_excess_variances_of_matching_runs():
     assert [(r["steps"], r["m"]) for r in got["rows"]] == [(16, "2"), (64, "8")]
     assert [r["reduction"] for r in got["rows"]] == pytest.approx([4.0, 9.0])
     assert got["median"] == pytest.approx(6.5)
+def test_speedup_model_does_not_cost_the_levels_that_cancel():
+    # A correction this noisy reaches the target (1% above EM's 64-step error) only with
+    # p = (1, 1), i.e. EM at 64 steps, where level 1 cancels and is not evaluated: the
+    # predicted speedup is EM's 64 / 1.01 steps over 64, not 0.8 times that.
+    calibration = {"flops": [1e6, 4e6], "variances": [1e6]}
+    a, kappa = 200.0, 0.5
+    points = [{"family": "em", "label": f"EM N={n}", "steps": n, "error": a / n}
+              for n in (16, 32, 64, 128)]
+    for m in (16.0, 32.0):
+        p = np.asarray(probabilities_for(calibration, 64, m))
+        error = np.sqrt((a / 64) ** 2 + kappa * 1e6 * (1 / p[1] - 1) / 64)
+        points.append({"family": "mlem", "label": f"ML-EM N=64 m={m:g}", "steps": 64,
+                       "probabilities": p.tolist(), "error": float(error)})
+    result = {"calibration": calibration, "points": points, "target_error": 1.01 * a / 64,
+              "level_seconds": [1e-3, 4e-3]}
+    limits = load_experiment("diffusion").speedup_model(result)
+    assert limits["kappa"] == pytest.approx(kappa)
+    assert limits["predicted"][0]["speedup_flops"] == pytest.approx(1 / 1.01)
+    assert limits["predicted"][0]["speedup_wallclock"] == pytest.approx(1 / 1.01)
+
 
 @pytest.mark.slow
 def test_quick_run_writes_results_table_and_figures(tmp_path):
