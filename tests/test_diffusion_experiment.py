@@ -82,12 +82,14 @@ def test_speedup_model_does_not_cost_the_levels_that_cancel():
 
 
 @pytest.mark.slow
-def test_quick_run_writes_results_table_and_figures(tmp_path):
-    run_experiment("diffusion", tmp_path, "--quick")
-    result = json.loads((tmp_path / "diffusion.json").read_text())
+@pytest.mark.parametrize("kind, stem", [("sde", "diffusion"), ("ode", "diffusion_ode")])
+def test_quick_run_writes_results_table_and_figures(tmp_path, kind, stem):
+    run_experiment("diffusion", tmp_path, "--quick", "--kind", kind)
+    result = json.loads((tmp_path / f"{stem}.json").read_text())
+    assert result["kind"] == kind
     assert {"gamma", "speedup_flops", "speedup_wallclock", "frontiers", "limits"} <= set(result)
     assert {"em", "mlem", "mlem_s", "mlem_s3", "tstitch"} <= set(result["quality"])
     assert result["stratified_reduction"]["rows"]
     assert len(result["level_seconds"]) == len(result["widths"]) == 4
-    for name in ("diffusion_frontier.png", "diffusion_samples.png", "diffusion_table.md"):
-        assert (tmp_path / name).stat().st_size > 0
+    for suffix in ("_frontier.png", "_samples.png", "_table.md"):
+        assert (tmp_path / f"{stem}{suffix}").stat().st_size > 0
