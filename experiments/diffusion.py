@@ -83,8 +83,8 @@ FAMILIES = {"em": "EM, largest UNet", "mlem": "ML-EM, constant p_l",
             "mlem_t": "ML-EM, p_l(t) on v_l(t)", "mlem_tw": "ML-EM, p_l(t) on w(t) v_l(t)",
             "mlem_s": "ML-EM, constant p_l, stratified draws",
             "mlem_s3": "ML-EM, stratified draws, p_l for them", "tstitch": "T-Stitch"}
-# ML-EM family -> weighted (None: constant p_l), draws, draws p_l are optimal for
 KIND_NAMES = {"sde": "Reverse SDE", "ode": "Probability-flow ODE (no Brownian path)"}
+# ML-EM family -> weighted (None: constant p_l), draws, draws p_l are optimal for
 SCHEDULES = {"mlem": (None, "random", "random"), "mlem_t": (False, "random", "random"),
              "mlem_tw": (True, "random", "random"),
              "mlem_s": (None, "stratified", "random"),
@@ -353,7 +353,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="reverse SDE or probability-flow ODE (results named "
                              "diffusion_ode*)")
     parser.add_argument("--summarise", action="store_true",
-                        help="only recompute the speedups and the table from diffusion.json")
+                        help="only recompute the speedups and the table from the stored "
+                             "results of --kind")
     a = parser.parse_args(argv)
     if a.summarise:
         stored = json.loads((Path(a.out) / f"{result_stem(a.kind)}.json").read_text())
@@ -496,8 +497,8 @@ def speedup_model(result: dict, reductions=(1, 2, 4, 8, 16, 32, 64, 128)) -> dic
     EM plus the randomisation variance of METHOD.md (v_l measured by the calibration;
     kappa, fitted on the constant-p points, absorbs how much of it the reverse dynamics
     damp). Cost: N sum_l p_l c_l over the levels evaluated (a level that cancels,
-    `mlem_jax.needed_levels`, costs nothing). For each reduction s (v_l -> v_l / s) the cheapest
-    (N, m) on a grid reaching the target error gives the predicted speedup over EM's
+    `mlem_jax.needed_levels`, costs nothing). For each reduction s (v_l -> v_l / s) the
+    cheapest (N, m) on a grid reaching the target error gives the predicted speedup over EM's
     N = (a / target)^(1/q) steps, in FLOPs and in seconds per evaluation (`level_seconds`,
     measured on the timing batch), and at the measured v_l, the FLOP speedup at the error
     of each EM point (`by_target`). With v_l -> 0 ML-EM still evaluates level 1 at every
@@ -524,8 +525,8 @@ def speedup_model(result: dict, reductions=(1, 2, 4, 8, 16, 32, 64, 128)) -> dic
     for n in np.unique(np.round(np.geomspace(8, 2048, 25)).astype(int)):
         for m in np.geomspace(0.25, n, 40):
             p = np.asarray(probabilities_for(c, int(n), float(m)))
-            evaluated = np.zeros_like(p)
-            evaluated[list(needed_levels(p))] = p[list(needed_levels(p))]
+            needed, evaluated = list(needed_levels(p)), np.zeros_like(p)
+            evaluated[needed] = p[needed]
             grid.append((n, randomisation(n, p), evaluated))
 
     def speedup(costs, s: float, error: float = target) -> float | None:

@@ -60,6 +60,8 @@ def test_stratified_reduction_compares_excess_variances_of_matching_runs():
     assert [(r["steps"], r["m"]) for r in got["rows"]] == [(16, "2"), (64, "8")]
     assert [r["reduction"] for r in got["rows"]] == pytest.approx([4.0, 9.0])
     assert got["median"] == pytest.approx(6.5)
+
+
 def test_speedup_model_does_not_cost_the_levels_that_cancel():
     # A correction this noisy reaches the target (1% above EM's 64-step error) only with
     # p = (1, 1), i.e. EM at 64 steps, where level 1 cancels and is not evaluated: the
