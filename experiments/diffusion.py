@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = parser.parse_args(argv)
     if a.summarise:
         stored = json.loads((Path(a.out) / f"{result_stem(a.kind)}.json").read_text())
-        return write(summarise({"kind": a.kind, **stored}), Path(a.out))
+        return write(summarise(stored), Path(a.out))
     config, out, directory = (QUICK if a.quick else FULL), Path(a.out), Path(a.checkpoints)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
