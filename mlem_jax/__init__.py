@@ -2,8 +2,11 @@
 
 from ._calibrate import LevelCosts, LevelStatistics, fit_gamma, level_costs, level_statistics
 from ._diffrax import MLEM, MLEMSolverState, MultilevelTerm, evaluations
+from ._family import FamilyLevel, LevelFamily, marginal_costs
 from ._frontier import cost_to_reach, frontier_slope, pareto_frontier
-from ._levels import draw_levels, levels_to_evaluate, multilevel_drift, needed_levels
+from ._levels import (
+    draw_levels, family_drift, levels_to_evaluate, multilevel_drift, needed_levels,
+)
 from ._precision import InPrecision, in_precision
 from ._probabilities import correction_costs, optimal_probabilities
 from ._profile import VarianceProfile, variance_profile
@@ -18,8 +21,10 @@ from ._timing import interleaved_median_seconds, median_seconds
 
 
 __all__ = [
+    "FamilyLevel",
     "InPrecision",
     "LevelCosts",
+    "LevelFamily",
     "LevelStatistics",
     "MLEM",
     "MLEMInfo",
@@ -39,6 +44,7 @@ __all__ = [
     "draw_levels",
     "error_sensitivity",
     "evaluations",
+    "family_drift",
     "fit_gamma",
     "frontier_slope",
     "in_precision",
@@ -47,6 +53,7 @@ __all__ = [
     "level_costs",
     "level_statistics",
     "levels_to_evaluate",
+    "marginal_costs",
     "median_seconds",
     "multilevel_drift",
     "needed_levels",

@@ -22,6 +22,7 @@ import jax.tree_util as jtu
 from diffrax._term import AdjointTerm, WrapTerm
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
+from ._family import LevelFamily
 from ._levels import needed_levels
 from ._schedule import check_schedule_callable, checked_schedule_row
 from ._step import MLEMState, build_step
@@ -47,7 +48,7 @@ class MultilevelTerm(diffrax.AbstractTerm):
     is the Euler-Maruyama baseline.
     """
 
-    levels: tuple[Callable, ...]
+    levels: tuple[Callable, ...] | LevelFamily
     probabilities: Float[Array, " K"] | Float[Array, "N K"] | Callable | None
     coupling: str = eqx.field(static=True)
     draws: str = eqx.field(static=True)
@@ -55,7 +56,7 @@ class MultilevelTerm(diffrax.AbstractTerm):
 
     def __init__(
         self,
-        levels: Sequence[Callable],
+        levels: Sequence[Callable] | LevelFamily,
         probabilities: Any = None,
         *,
         coupling: str = "nested",
@@ -65,7 +66,9 @@ class MultilevelTerm(diffrax.AbstractTerm):
 
         - `levels`: callables `f(t, y, args)` (the vector-field signature of
             `diffrax.ODETerm`), cheapest first, each returning the structure, shapes and
-            dtypes of `y`. Equinox modules work as they are.
+            dtypes of `y`. Equinox modules work as they are. Or a `mlem_jax.LevelFamily`,
+            whose levels share one pass: a step then costs the pass to the deepest
+            level it draws.
         - `probabilities`: p_1..p_K, each in (0, 1], p_1 == 1, non-increasing under
             the nested coupling; required when K > 1. See
             `mlem_jax.optimal_probabilities`. Or a schedule: an array (N, K) whose row
@@ -215,6 +218,29 @@ def _time_mapped(level: Callable, direction: Any) -> Callable:
     return lambda t, y, args: level(t * direction, y, args)
 
 
+class _TimeMappedFamily(LevelFamily):
+    """A `LevelFamily` called with the user's time when diffrax hands over t * direction."""
+
+    family: LevelFamily
+    direction: Any
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.family)
+
+    def evaluate(self, t: Any, y: PyTree, args: Any, depth: int) -> tuple[PyTree, ...]:
+        return self.family.evaluate(t * self.direction, y, args, depth)
+
+
+def _time_mapped_levels(levels: Any, direction: Any) -> Any:
+    """Every level, or the family, called with the user's time."""
+    if isinstance(levels, LevelFamily):
+        if isinstance(direction, int) and direction == 1:
+            return levels
+        return _TimeMappedFamily(levels, direction)
+    return [_time_mapped(level, direction) for level in levels]
+
+
 def _sum_terms(*values: PyTree) -> PyTree:
     return jtu.tree_map(lambda *v: sum(v[1:], v[0]), *values)
 
@@ -294,7 +320,7 @@ class MLEM(diffrax.AbstractItoSolver):
         parsed = _parse_terms(terms)
         self._check_key(parsed.multilevel)
         levels = parsed.multilevel.levels
-        time_levels = [_time_mapped(level, parsed.direction) for level in levels]
+        time_levels = _time_mapped_levels(levels, parsed.direction)
         check_level_outputs(time_levels, t0, y0, args)
         return MLEMSolverState(
             num_steps=jnp.zeros((), jnp.int32),
@@ -324,7 +350,7 @@ class MLEM(diffrax.AbstractItoSolver):
         parsed = _parse_terms(terms)
         term = parsed.multilevel
         self._check_key(term)
-        levels = [_time_mapped(level, parsed.direction) for level in term.levels]
+        levels = _time_mapped_levels(term.levels, parsed.direction)
         others = parsed.others
         if others:
 

@@ -10,6 +10,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
 
+from ._family import LevelFamily
 from ._validation import concrete_or_none
 
 
@@ -167,3 +168,61 @@ def _independent_drift(levels, probabilities, drawn, t, y, args, first):
             drift, correction,
         )
     return drift, evaluated
+
+
+def family_drift(
+    family: LevelFamily,
+    needed: tuple[int, ...],
+    probabilities: Float[Array, " K"],
+    drawn: Bool[Array, " K"],
+    t: Any,
+    y: PyTree,
+    args: Any,
+    coupling: str,
+) -> tuple[PyTree, Bool[Array, " K"]]:
+    """The multilevel drift estimate from one pass of `family`, as deep as the draws ask.
+
+    `lax.switch` on an unbatched index picks the pass, so under `vmap` a step still runs
+    one pass of the depth drawn. Nested coupling: the drawn levels among `needed` form
+    a prefix, and the estimate sums the corrections over it (levels left out of `needed`
+    cancel, see `needed_levels`). Independent coupling: the pass goes to the deepest
+    drawn level and each drawn correction enters on its own.
+
+    **Returns:**
+
+    `(F, evaluated)`, `evaluated[l]` saying whether the pass went through level l.
+    """
+    num_levels = len(family)
+    if coupling == "nested":
+        depths = [level + 1 for level in needed]
+        choice = jnp.sum(drawn[np.asarray(needed)]) - 1
+
+        def estimate(depth):
+            outputs = family.evaluate(t, y, args, depth)
+            used = [level for level in needed if level < depth]
+            total = outputs[used[0]]
+            for lower, upper in zip(used, used[1:]):
+                correction = _scaled_difference(outputs[upper], outputs[lower],
+                                                probabilities[upper])
+                total = jtu.tree_map(jnp.add, total, correction)
+            return total
+    else:
+        depths = list(range(1, num_levels + 1))
+        choice = jnp.max(jnp.where(drawn, jnp.arange(num_levels), 0))
+
+        def estimate(depth):
+            outputs = family.evaluate(t, y, args, depth)
+            total = outputs[0]
+            for level in range(1, depth):
+                correction = _scaled_difference(outputs[level], outputs[level - 1],
+                                                probabilities[level])
+                total = jtu.tree_map(
+                    lambda s, c, b=drawn[level]: s + jnp.where(b, c, 0).astype(s.dtype),
+                    total, correction,
+                )
+            return total
+
+    branches = [lambda depth=depth: (estimate(depth), jnp.arange(num_levels) < depth)
+                for depth in depths]
+    return lax.switch(choice, branches)
+

@@ -23,13 +23,29 @@ def _as_positive_vector(name: str, value: Any, length: int | None) -> np.ndarray
     return array
 
 
-def correction_costs(costs: Any, coupling: str = "nested") -> np.ndarray:
+def correction_costs(costs: Any, coupling: str = "nested", *, shared: bool = False
+                     ) -> np.ndarray:
     """Expected extra cost of drawing correction l = 2..K, shape (K - 1,).
 
-    Nested: c_l (f^(l-1) is already evaluated). Independent: c_l + c_(l-1).
+    Nested: c_l (f^(l-1) is already evaluated). Independent: c_l + c_(l-1). Shared
+    (a `LevelFamily`, whose `costs` are the cumulative costs of a pass to each level;
+    nested coupling only): c_l - c_(l-1), what the deeper pass adds.
     """
     check_coupling(coupling)
     c = _as_positive_vector("costs", costs, None)
+    if shared:
+        if coupling != "nested":
+            raise ValueError(
+                "`shared=True` (the levels of a LevelFamily) needs coupling='nested', got "
+                f"{coupling!r}: under the independent coupling a step's cost is that of "
+                "its deepest draw, which is not a sum over the corrections."
+            )
+        if (np.diff(c) <= 0).any():
+            raise ValueError(
+                "`costs` of a LevelFamily's levels are cumulative (a pass to level l "
+                f"includes levels 1..l-1), so they must increase; got {c.tolist()}."
+            )
+        return np.diff(c)
     return c[1:] + (c[:-1] if coupling == "independent" else 0.0)
 
 
@@ -42,6 +58,7 @@ def optimal_probabilities(
     variance_budget: float | None = None,
     coupling: str = "nested",
     draws: str = "random",
+    shared: bool = False,
 ) -> np.ndarray:
     """p_l minimising the expected cost sum_l p_l C_l under sum_l v_l / p_l <= V.
 
@@ -75,6 +92,9 @@ def optimal_probabilities(
           p <= 1 allows).
     - `coupling`: `"nested"` or `"independent"`.
     - `draws`: `"random"` or `"stratified"` (see `mlem_jax.draw_levels`).
+    - `shared`: True for the levels of a `LevelFamily`, with `costs` the cumulative cost
+        of a pass to each level: correction l then costs c_l - c_(l-1)
+        (`correction_costs`).
 
     **Returns:**
 
@@ -83,7 +103,7 @@ def optimal_probabilities(
     """
     check_draws(draws)
     power = POWERS[draws]
-    c = correction_costs(costs, coupling)
+    c = correction_costs(costs, coupling, shared=shared)
     v = _as_variances(variances, len(c))
     if len(c) == 0:
         return np.ones(v.shape[:-1] + (1,))

@@ -11,6 +11,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from ._brownian import brownian_increments
+from ._family import LevelFamily, marginal_costs
 from ._levels import needed_levels
 from ._schedule import probabilities_at, probability_table
 from ._step import build_step, diagonal_noise, init
@@ -34,7 +35,8 @@ class Solution(eqx.Module):
         new leading axis.
     - `ts`: t1, or the save times.
     - `evaluations`: int array (K,): at how many steps each level was evaluated.
-    - `cost`: `evaluations @ costs` when `costs` were given, else None.
+    - `cost`: `evaluations @ costs` when `costs` were given (with a `LevelFamily`, the
+        sum over steps of the cost of the pass each ran), else None.
     """
 
     ys: PyTree
@@ -137,7 +139,7 @@ def _store(saved: PyTree, slots: Int[Array, " N+1"], n: Any, y: PyTree) -> PyTre
 
 
 def solve(
-    levels: Sequence[Callable],
+    levels: Sequence[Callable] | LevelFamily,
     y0: PyTree,
     t0: float | Float[Array, ""],
     t1: float | Float[Array, ""],
@@ -168,7 +170,8 @@ def solve(
     **Arguments:**
 
     - `levels`: callables `f(t, y, args)` (diffrax's vector-field signature), cheapest
-        first. One level is plain Euler-Maruyama.
+        first, or a `LevelFamily` whose levels share one pass. One level is plain
+        Euler-Maruyama.
     - `y0`: the initial state, an array or a pytree of floating arrays. Leading batch
         axes are the levels' business, or `vmap` `solve`.
     - `t0`, `t1`: the time span; `t1 < t0` integrates backwards.
@@ -190,7 +193,9 @@ def solve(
         the trajectory; see `draw_levels`).
     - `saveat`: None (final state), `"steps"` (every grid point, t0 included) or an
         array of times on the grid.
-    - `costs`: cost of one evaluation of each level (e.g. FLOPs), shape (K,).
+    - `costs`: cost of one evaluation of each level (e.g. FLOPs), shape (K,); for a
+        `LevelFamily`, of one pass to each level (cumulative, `level_costs(family)`), so
+        that a step costs the pass it ran.
 
     **Returns:**
 
@@ -228,5 +233,7 @@ def solve(
         jnp.asarray(t0, time_dtype), jnp.asarray(t1, time_dtype), num_steps, key, args,
         save, None if probabilities is None else needed_levels(probabilities, coupling),
     )
+    if costs is not None and isinstance(levels, LevelFamily):
+        costs = jnp.asarray(marginal_costs(costs), dtype=costs.dtype)
     cost = None if costs is None else evaluations @ costs
     return Solution(ys=ys, ts=ts, evaluations=evaluations, cost=cost)

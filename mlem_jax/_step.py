@@ -9,7 +9,8 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, Bool, Int, PRNGKeyArray, PyTree
 
-from ._levels import draw_levels, multilevel_drift, needed_levels
+from ._family import LevelFamily
+from ._levels import draw_levels, family_drift, multilevel_drift, needed_levels
 from ._validation import (
     check_coupling,
     check_draws,
@@ -105,7 +106,8 @@ def build_step(
 
     **Arguments:**
 
-    - `levels`: callables `f(t, y, args)`, cheapest first.
+    - `levels`: callables `f(t, y, args)`, cheapest first, or a `LevelFamily` (a step
+        then runs one pass of the family, to the deepest level it draws).
     - `probabilities`: p_1..p_K with p_1 == 1; required when K > 1.
     - `noise`: `noise(t, y, args, dw)` returning the noise increment (e.g.
         `diagonal_noise(g)`), or None for an ODE.
@@ -143,6 +145,10 @@ def build_step(
         if p is None:
             drift = levels[0](t, state.y, args)
             drawn = evaluated = jnp.ones(1, bool)
+        elif isinstance(levels, LevelFamily):
+            drawn = draw_levels(key, p, coupling, step=state.step, draws=draws)
+            drift, evaluated = family_drift(levels, tuple(needed), p, drawn, t, state.y, args,
+                                            coupling)
         else:
             drawn = draw_levels(key, p, coupling, step=state.step, draws=draws)
             drift, evaluated_used = multilevel_drift(

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
+from ._family import LevelFamily
+
 
 Coupling = Literal["nested", "independent"]
 COUPLINGS: tuple[str, ...] = get_args(Coupling)
@@ -37,11 +39,17 @@ def check_draws(draws: Any) -> None:
         raise ValueError(f"`draws` must be one of {DRAWS}, got {draws!r}.")
 
 
-def check_levels(levels: Any) -> tuple[Callable, ...]:
+def check_levels(levels: Any) -> "tuple[Callable, ...] | LevelFamily":
+    """`levels` as a tuple of callables, or the `LevelFamily` itself."""
+    if isinstance(levels, LevelFamily):
+        if len(levels) < 1:
+            raise ValueError(f"`levels` must hold at least one level, got a "
+                             f"{type(levels).__name__} with {len(levels)}.")
+        return levels
     if callable(levels) or not isinstance(levels, Sequence):
         raise TypeError(
-            "`levels` must be a sequence of callables `f(t, y, args)`, cheapest first; "
-            f"got {type(levels).__name__}. For plain Euler-Maruyama pass `[f]`."
+            "`levels` must be a sequence of callables `f(t, y, args)`, cheapest first, "
+            f"or a `mlem_jax.LevelFamily`; got {type(levels).__name__}. For plain Euler-Maruyama pass `[f]`."
         )
     if len(levels) == 0:
         raise ValueError("`levels` must hold at least one callable `f(t, y, args)`, got 0.")

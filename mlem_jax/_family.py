@@ -1,0 +1,72 @@
+"""Levels that share computation: evaluating f^L also yields f^1..f^(L-1) in one pass."""
+
+import abc
+from typing import Any
+
+import equinox as eqx
+import numpy as np
+from jaxtyping import PyTree
+
+
+
+class LevelFamily(eqx.Module):
+    """Levels f^1..f^K, cheapest first, that one computation yields together.
+
+    The early exits of one network are the typical case: running it up to exit L gives
+    the outputs of exits 1..L on the way. Pass a family wherever levels are taken
+    (`solve`, `build_step`, `MultilevelTerm`, the diffusion samplers): a step that draws
+    levels 1..L then runs one pass to depth L and costs c_L, the cost of level L alone,
+    instead of c_1 + ... + c_L. Its estimate is the same as that of the levels given one
+    by one (`list(family)`), up to rounding.
+
+    A family is also a sequence of its levels: `family[l]` is the callable
+    `f(t, y, args)` of level l (a `FamilyLevel`, which runs a pass to depth l + 1), and
+    `len(family)` is K, so calibration (`level_statistics`, `level_costs`) and EM on one
+    level (`solve(family[-1:], ...)`) work unchanged. The cost of `family[l]` is the
+    cumulative cost of levels 1..l + 1; `solve(..., costs=...)` and
+    `optimal_probabilities(..., shared=True)` take costs in that sense.
+
+    Subclasses define `num_levels` and `evaluate`.
+    """
+
+    @property
+    @abc.abstractmethod
+    def num_levels(self) -> int:
+        """K, the number of levels."""
+
+    @abc.abstractmethod
+    def evaluate(self, t: Any, y: PyTree, args: Any, depth: int) -> tuple[PyTree, ...]:
+        """f^1(t, y, args), ..., f^depth(t, y, args) from one pass; `depth` is a Python
+        int in 1..K. Each output has the structure, shapes and dtypes of `y`."""
+
+    def __len__(self) -> int:
+        return self.num_levels
+
+    def __getitem__(self, index: int | slice) -> "FamilyLevel | tuple[FamilyLevel, ...]":
+        if isinstance(index, slice):
+            return tuple(FamilyLevel(self, i) for i in range(*index.indices(len(self))))
+        position = int(index) + len(self) if int(index) < 0 else int(index)
+        if not 0 <= position < len(self):
+            raise IndexError(f"level index {index} out of range for {len(self)} levels.")
+        return FamilyLevel(self, position)
+
+    def __iter__(self):
+        return iter(self[:])
+
+
+class FamilyLevel(eqx.Module):
+    """Level `index` (0-based) of a `LevelFamily` as a callable `f(t, y, args)`."""
+
+    family: LevelFamily
+    index: int = eqx.field(static=True)
+
+    def __call__(self, t: Any, y: PyTree, args: Any) -> PyTree:
+        return self.family.evaluate(t, y, args, self.index + 1)[self.index]
+
+
+def marginal_costs(costs: Any) -> np.ndarray:
+    """c_l - c_(l-1) (c_0 = 0): what a pass to depth l adds to a pass to depth l - 1,
+    given the cumulative costs c_l of a family's levels."""
+    c = np.asarray(costs, dtype=np.float64)
+    return np.diff(c, prepend=0.0)
+
