@@ -8,6 +8,10 @@ from ._levels import (
     draw_levels, family_drift, levels_to_evaluate, multilevel_drift, needed_levels,
 )
 from ._precision import InPrecision, in_precision
+from ._prediction import (
+    EMErrorModel, SpeedupPrediction, fit_em_error_model, predict_speedup,
+    randomisation_variance,
+)
 from ._probabilities import correction_costs, optimal_probabilities
 from ._profile import VarianceProfile, variance_profile
 from ._sampled_path import SampledBrownianPath, sample_brownian_path
@@ -21,6 +25,7 @@ from ._timing import interleaved_median_seconds, median_seconds
 
 
 __all__ = [
+    "EMErrorModel",
     "FamilyLevel",
     "InPrecision",
     "LevelCosts",
@@ -34,6 +39,7 @@ __all__ = [
     "RandomFeatureDrift",
     "SampledBrownianPath",
     "Solution",
+    "SpeedupPrediction",
     "VarianceProfile",
     "batch_mesh",
     "batch_sharding",
@@ -45,6 +51,7 @@ __all__ = [
     "error_sensitivity",
     "evaluations",
     "family_drift",
+    "fit_em_error_model",
     "fit_gamma",
     "frontier_slope",
     "in_precision",
@@ -59,8 +66,10 @@ __all__ = [
     "needed_levels",
     "optimal_probabilities",
     "pareto_frontier",
+    "predict_speedup",
     "random_feature_drift",
     "random_feature_levels",
+    "randomisation_variance",
     "sample_brownian_path",
     "shard_batch",
     "solve",

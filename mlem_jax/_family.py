@@ -53,6 +53,34 @@ class LevelFamily(eqx.Module):
     def __iter__(self):
         return iter(self[:])
 
+    def truncated(self, num_levels: int) -> "LevelFamily":
+        """The family of the first `num_levels` levels (a ladder with a lower top)."""
+        if not 1 <= num_levels <= len(self):
+            raise ValueError(
+                f"`num_levels` must be in 1..{len(self)}, got {num_levels}."
+            )
+        return _Truncated(self, num_levels)
+
+
+class _Truncated(LevelFamily):
+    """The first `count` levels of `family`."""
+
+    family: LevelFamily
+    count: int = eqx.field(static=True)
+
+    @property
+    def num_levels(self) -> int:
+        return self.count
+
+    def evaluate(self, t: Any, y: PyTree, args: Any, depth: int) -> tuple[PyTree, ...]:
+        return self.family.evaluate(t, y, args, depth)
+
+    def __getattr__(self, name: str) -> Any:
+        # Attributes of the whole family (e.g. a diffusion family's `sde` and `kind`).
+        if name.startswith("__") or name in ("family", "count"):
+            raise AttributeError(name)
+        return getattr(self.family, name)
+
 
 class FamilyLevel(eqx.Module):
     """Level `index` (0-based) of a `LevelFamily` as a callable `f(t, y, args)`."""

@@ -157,3 +157,15 @@ def test_shared_costs_give_marginal_correction_costs():
         mlem_jax.correction_costs(cumulative, "independent", shared=True)
     with pytest.raises(ValueError, match="so they must increase; got"):
         mlem_jax.correction_costs([1.0, 1.0, 2.0], shared=True)
+
+
+def test_truncated_family_is_the_first_levels():
+    shared = family()
+    low = shared.truncated(2)
+    assert len(low) == 2
+    np.testing.assert_allclose(low[-1](0.2, Y0, None), shared[1](0.2, Y0, None))
+    np.testing.assert_allclose(run(low, probabilities=P[:2]).ys,
+                               run(list(shared)[:2], probabilities=P[:2]).ys, rtol=1e-5)
+    assert low.calls is shared.calls  # attributes of the whole family
+    with pytest.raises(ValueError, match=r"`num_levels` must be in 1..4, got 5"):
+        shared.truncated(5)
