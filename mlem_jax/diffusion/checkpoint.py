@@ -12,6 +12,8 @@ import equinox as eqx
 import jax
 
 from .classifier import Classifier
+from .latent_models import ResidualMLP
+from .sde import VPSDE
 from .unet import UNet, parameter_count
 
 FORMAT = 1
@@ -21,7 +23,7 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupted, or of another architecture."""
 
 
-Model = UNet | Classifier
+Model = UNet | Classifier | ResidualMLP
 
 
 def architecture(model: Model) -> dict:
@@ -33,7 +35,13 @@ def architecture(model: Model) -> dict:
         return {"model": "Classifier", "width": model.width, "channels": model.channels,
                 "classes": model.classes, "image_size": model.image_size,
                 "features": model.dense.out_features}
-    raise TypeError(f"`model` must be a UNet or a Classifier, got {type(model).__name__}.")
+    if isinstance(model, ResidualMLP):
+        return {"model": "ResidualMLP", "dim": model.dim, "stream": model.stream,
+                "hidden": list(model.hidden),
+                "beta": [model.sde.beta_min, model.sde.beta_max]}
+    raise TypeError(
+        f"`model` must be a UNet, a Classifier or a ResidualMLP, got {type(model).__name__}."
+    )
 
 
 def _skeleton(stored: dict) -> Model:
@@ -48,6 +56,10 @@ def _skeleton(stored: dict) -> Model:
             return eqx.filter_eval_shape(Classifier, stored["width"], stored["channels"],
                                          stored["classes"], stored["image_size"],
                                          stored["features"], key=key)
+        if stored.get("model") == "ResidualMLP":
+            return eqx.filter_eval_shape(ResidualMLP, stored["dim"], stored["stream"],
+                                         tuple(stored["hidden"]), key=key,
+                                         sde=VPSDE(*stored["beta"]))
     except (KeyError, TypeError) as error:
         raise CheckpointError(f"incomplete architecture in manifest: {stored!r}") from error
     raise CheckpointError(f"unknown model class in checkpoint manifest: {stored!r}.")
@@ -87,7 +99,7 @@ def save_model(path: str | os.PathLike, model: Model, **manifest: Any) -> dict:
     **Arguments:**
 
     - `path`: the checkpoint's path without suffix (a `.eqx`/`.json` suffix is dropped).
-    - `model`: a UNet or a Classifier.
+    - `model`: a UNet, a Classifier or a ResidualMLP.
     - `**manifest`: extra JSON-serialisable entries (data, steps, final loss, time...).
 
     **Returns:**

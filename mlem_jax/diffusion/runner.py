@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
+from .._family import LevelFamily
 from .._levels import needed_levels
 from .._solve import Solution
 from .sample import T_MIN, method_cost, sample
@@ -47,8 +48,8 @@ class Outcome(NamedTuple):
 Sampler = Callable[[Sequence[ScoreDrift], Array, Any, PRNGKeyArray, Array | None], Solution]
 
 
-def compile_sampler(setting: Setting, levels: Sequence[ScoreDrift], x1: Array,
-                    brownian: Any) -> Sampler:
+def compile_sampler(setting: Setting, levels: Sequence[ScoreDrift] | LevelFamily,
+                    x1: Array, brownian: Any) -> Sampler:
     """The sampler of `setting`, lowered and compiled for arguments like these, as
     `run(levels, x1, brownian, key, probabilities) -> Solution`: the levels' weights,
     the noise, the Brownian path, the ML-EM draw key and p_l are arguments, so one
@@ -61,18 +62,19 @@ def compile_sampler(setting: Setting, levels: Sequence[ScoreDrift], x1: Array,
     """
     mlem = setting.method == "mlem"
     needed = np.array(needed_levels(setting.probabilities) if mlem else range(len(levels)))
-    dynamic, static = eqx.partition(list(levels), eqx.is_array)
+    family = isinstance(levels, LevelFamily)  # one pass per step: nothing to leave out
+    dynamic, static = eqx.partition(_as_tree(levels), eqx.is_array)
 
     def run(dynamic, x1, brownian, key, probabilities):
         levels = eqx.combine(dynamic, static)
-        if mlem:
+        if mlem and not family:
             levels, probabilities = [levels[i] for i in needed], probabilities[..., needed]
         solution = sample(
             setting.method, levels, x1, setting.num_steps, key=key,
             brownian=brownian, probabilities=probabilities, draws=setting.draws,
             switch=setting.switch, small=setting.small,
         )
-        if not mlem:
+        if not mlem or family:
             return solution
         evaluations = jnp.zeros(len(dynamic), solution.evaluations.dtype)
         return eqx.tree_at(lambda s: s.evaluations, solution,
@@ -82,19 +84,25 @@ def compile_sampler(setting: Setting, levels: Sequence[ScoreDrift], x1: Array,
     p = jnp.ones(np.shape(setting.probabilities)) if mlem else None
     compiled = jax.jit(run).lower(dynamic, x1, brownian, key, p).compile()
     return lambda levels, x1, brownian, key, p: compiled(
-        eqx.filter(list(levels), eqx.is_array), x1, brownian, key, p)
+        eqx.filter(_as_tree(levels), eqx.is_array), x1, brownian, key, p)
 
 
-def run_setting(setting: Setting, levels: Sequence[ScoreDrift], x1: Array, brownian: Any,
-                key: PRNGKeyArray | None, flops: Sequence[float],
+def _as_tree(levels: Sequence[ScoreDrift] | LevelFamily) -> Any:
+    """The levels as one pytree: the family itself, or a list of levels."""
+    return levels if isinstance(levels, LevelFamily) else list(levels)
+
+
+def run_setting(setting: Setting, levels: Sequence[ScoreDrift] | LevelFamily, x1: Array,
+                brownian: Any, key: PRNGKeyArray | None, flops: Sequence[float],
                 cache: dict | None = None) -> Outcome:
     """Run `setting` once (timed, compilation excluded) and account its FLOPs per image.
 
     **Arguments:**
 
     - `setting`: the sampler configuration.
-    - `levels`: `ScoreDrift` levels, cheapest first.
-    - `x1`: the initial noise (B, C, H, W).
+    - `levels`: `ScoreDrift` levels, cheapest first, or a `LevelFamily` (whose `flops`
+        are then the cumulative cost of a pass to each level).
+    - `x1`: the initial noise (B, C, H, W), or (B, d) latents.
     - `brownian`: a PRNG key or a Brownian path of the shape of `x1` (SDE levels).
     - `key`: PRNG key of the ML-EM level draws.
     - `flops`: FLOPs of one evaluation of each level per image, (K,).
@@ -108,7 +116,7 @@ def run_setting(setting: Setting, levels: Sequence[ScoreDrift], x1: Array, brown
     An `Outcome`.
     """
     needed = needed_levels(setting.probabilities) if setting.method == "mlem" else None
-    arrays = eqx.filter(list(levels), eqx.is_array)
+    arrays = eqx.filter(_as_tree(levels), eqx.is_array)
     leaves = tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree_util.tree_leaves(arrays))
     signature = (setting.method, setting.num_steps, setting.draws, setting.switch,
                  setting.small, needed, np.shape(setting.probabilities), x1.shape, x1.dtype,
@@ -124,5 +132,6 @@ def run_setting(setting: Setting, levels: Sequence[ScoreDrift], x1: Array, brown
     solution = jax.block_until_ready(run(levels, x1, brownian, key, p))
     seconds = time.perf_counter() - start
     cost = method_cost(setting.method, solution.evaluations, flops, setting.num_steps,
-                       setting.switch, setting.small, T_MIN)
+                       setting.switch, setting.small, T_MIN,
+                       shared=isinstance(levels, LevelFamily))
     return Outcome(np.asarray(solution.ys), cost, seconds, np.asarray(solution.evaluations))

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
+from .._family import FamilyLevel, LevelFamily, marginal_costs
 from .._solve import Solution, solve
 from .sde import ScoreDrift, StitchedDrift, VPSDE
 from .unet import UNet
@@ -44,9 +45,18 @@ def stitch_evaluations(num_steps: int, switch: float, t_min: float = T_MIN) -> n
     return np.array([small, num_steps - small])
 
 
+def _process(levels: Sequence[ScoreDrift] | LevelFamily) -> Any:
+    """What carries the levels' `kind` and `sde`: the family, or the top level (the
+    family of a `FamilyLevel`)."""
+    if isinstance(levels, LevelFamily):
+        return levels
+    top = levels[-1]
+    return top.family if isinstance(top, FamilyLevel) else top
+
+
 def sample(
     method: str,
-    levels: Sequence[ScoreDrift],
+    levels: Sequence[ScoreDrift] | LevelFamily,
     x1: Array,
     num_steps: int,
     *,
@@ -66,9 +76,11 @@ def sample(
     - `method`: `"em"` (the last, largest level alone), `"mlem"` (all levels, drawn
         with `probabilities`) or `"tstitch"` (level `small` while t > `switch`, then
         the largest).
-    - `levels`: `ScoreDrift` levels of one kind, cheapest first. For `"sde"` levels the
-        reverse SDE is sampled and `brownian` is required; for `"ode"` it is ignored.
-    - `x1`: the initial noise, a batch (B, C, H, W).
+    - `levels`: `ScoreDrift` levels of one kind, cheapest first, or a
+        `mlem_jax.LevelFamily` with `kind` and `sde` attributes (e.g. an `ExitFamily`),
+        whose ML-EM steps run one pass each. For `"sde"` levels the reverse SDE is
+        sampled and `brownian` is required; for `"ode"` it is ignored.
+    - `x1`: the initial noise, a batch (B, C, H, W) of images or (B, d) of latents.
     - `num_steps`: number of equal steps.
     - `key`: PRNG key of the ML-EM level draws (unused by the other methods).
     - `brownian`: a PRNG key or a diffrax Brownian path of the shape of `x1`.
@@ -92,7 +104,7 @@ def sample(
     if method == "mlem":
         if probabilities is None:
             raise ValueError("`probabilities` are required for method 'mlem'.")
-        chosen = list(levels)
+        chosen = levels if isinstance(levels, LevelFamily) else list(levels)
     elif method == "tstitch":
         if switch is None:
             raise ValueError("`switch` (time of the hand-over to the large model) is "
@@ -101,21 +113,22 @@ def sample(
         probabilities = None
     else:
         chosen, probabilities = [levels[-1]], None
-    sde_kind = levels[-1].kind == "sde"
+    process = _process(levels)
+    sde_kind = process.kind == "sde"
     if sde_kind and brownian is None:
         raise ValueError("`brownian` (a PRNG key or a Brownian path) is required for "
                          "reverse-SDE levels.")
     return solve(
         chosen, x1, 1.0, t_min, num_steps, probabilities=probabilities,
         key=key if method == "mlem" else None, draws=draws,
-        diffusion=levels[-1].sde.diffusion if sde_kind else None,
+        diffusion=process.sde.diffusion if sde_kind else None,
         brownian=brownian if sde_kind else None, saveat=saveat,
     )
 
 
 def method_cost(method: str, evaluations: Any, level_costs: Any, num_steps: int,
-                switch: float | None = None, small: int = -2, t_min: float = T_MIN
-                ) -> float:
+                switch: float | None = None, small: int = -2, t_min: float = T_MIN,
+                shared: bool = False) -> float:
     """Cost of one run: evaluations @ costs (ML-EM), N c_K (EM), or the T-Stitch split.
 
     **Arguments:**
@@ -123,6 +136,8 @@ def method_cost(method: str, evaluations: Any, level_costs: Any, num_steps: int,
     - `method`, `num_steps`, `switch`, `small`, `t_min`: as in `sample`.
     - `evaluations`: `Solution.evaluations` of the run.
     - `level_costs`: cost of one evaluation of each level (FLOPs or seconds), (K,).
+    - `shared`: the levels are a `LevelFamily`, `level_costs` the cumulative cost of a
+        pass to each level: ML-EM's steps then cost the pass they ran.
 
     **Returns:**
 
@@ -130,7 +145,7 @@ def method_cost(method: str, evaluations: Any, level_costs: Any, num_steps: int,
     """
     costs = np.asarray(level_costs, dtype=np.float64)
     if method == "mlem":
-        return float(np.asarray(evaluations) @ costs)
+        return float(np.asarray(evaluations) @ (marginal_costs(costs) if shared else costs))
     if method == "tstitch":
         counts = stitch_evaluations(num_steps, switch, t_min)
         return float(counts @ costs[[small, -1]])

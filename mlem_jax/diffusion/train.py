@@ -5,7 +5,7 @@ import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -95,7 +95,7 @@ def ema_decay(decay: float, step: Array) -> Array:
     return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
-def init_state(models: Sequence[UNet], config: TrainConfig) -> TrainState:
+def init_state(models: Sequence[Any], config: TrainConfig) -> TrainState:
     """A fresh `TrainState` for `models` (EMA weights start at the initial weights)."""
     params = tuple(models)
     opt_state = tuple(optimizer(config).init(eqx.filter(m, eqx.is_array)) for m in params)
@@ -103,28 +103,35 @@ def init_state(models: Sequence[UNet], config: TrainConfig) -> TrainState:
     return TrainState(params, params, opt_state, jnp.asarray(0), zero, jnp.asarray(0.0))
 
 
-@functools.cache
-def build_train_step(config: TrainConfig, sde: VPSDE) -> Callable:
-    """`step(state, batch, key, teacher) -> state`: one Adam step per model on the same
-    batch, on `dsm_loss` (`teacher=None`) or on `distillation_loss` from `teacher`.
+class ImageObjective(NamedTuple):
+    """The loss on a batch of images: `dsm_loss` (no teacher) or `distillation_loss`."""
 
-    Cached, so a resumed run in the same process reuses the compiled step."""
+    sde: VPSDE
+
+    def __call__(self, model: UNet, teacher: UNet | None, batch: Array, key: PRNGKeyArray
+                 ) -> Array:
+        if teacher is None:
+            return dsm_loss(model, self.sde, batch, key)
+        return distillation_loss(model, teacher, self.sde, batch, key)
+
+
+@functools.cache
+def build_train_step(config: TrainConfig, objective: Callable) -> Callable:
+    """`step(state, data, key, teacher) -> state`: one Adam step per model, on the same
+    data, of `objective(model, teacher, data, key)` (e.g. an `ImageObjective`).
+
+    Cached on (config, objective), so a resumed run in the same process reuses the
+    compiled step: pass a hashable objective."""
     transform = optimizer(config)
 
-    def loss_fn(model: UNet, teacher: UNet | None, batch: Array, key: PRNGKeyArray) -> Array:
-        if teacher is None:
-            return dsm_loss(model, sde, batch, key)
-        return distillation_loss(model, teacher, sde, batch, key)
-
     @eqx.filter_jit
-    def step(state: TrainState, batch: Array, key: PRNGKeyArray, teacher: UNet | None
-             ) -> TrainState:
+    def step(state: TrainState, data: Any, key: PRNGKeyArray, teacher: Any) -> TrainState:
         params, ema, opt_states, losses = [], [], [], []
         for i, (model, average, opt_state) in enumerate(
             zip(state.params, state.ema, state.opt_state)
         ):
-            loss, grads = eqx.filter_value_and_grad(loss_fn)(
-                model, teacher, batch, jax.random.fold_in(key, i)
+            loss, grads = eqx.filter_value_and_grad(objective)(
+                model, teacher, data, jax.random.fold_in(key, i)
             )
             updates, opt_state = transform.update(grads, opt_state)
             model = eqx.apply_updates(model, updates)
@@ -185,15 +192,37 @@ def train(
 
     The final `TrainState`.
     """
-    from tqdm.auto import tqdm
-
     if len(images) == 0 or np.ndim(images) != 4:
         raise ValueError(f"`images` must have shape (n, C, H, W), n > 0, got {np.shape(images)}.")
+    return run_training(
+        models, lambda n: jnp.asarray(_batch(images, config, n)), config, ImageObjective(sde),
+        teacher=teacher, state_path=state_path, save_every=save_every, on_save=on_save,
+        progress=progress,
+    )
+
+
+def run_training(
+    models: Sequence[Any],
+    data_at: Callable[[int], Any],
+    config: TrainConfig,
+    objective: Callable,
+    *,
+    teacher: Any = None,
+    state_path: str | Path | None = None,
+    save_every: int = 250,
+    on_save: Callable[[TrainState], None] | None = None,
+    progress: bool = True,
+) -> TrainState:
+    """The training loop of `train`, for any models and objective: step n takes one Adam
+    step per model on `objective(model, teacher, data_at(n), key_n)`, resuming from
+    `state_path` if it exists (see `train` for the other arguments)."""
+    from tqdm.auto import tqdm
+
     if state_path is not None and Path(state_path).exists():
         state = load_tree(state_path, eqx.filter_eval_shape(init_state, models, config))
     else:
         state = init_state(models, config)
-    step_fn = build_train_step(config, sde)
+    step_fn = build_train_step(config, objective)
     key = jax.random.key(config.seed)
     start, clock = int(state.step), time.perf_counter()
 
@@ -208,8 +237,7 @@ def train(
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps,
                disable=not progress, desc="training")
     for n in bar:
-        batch = jnp.asarray(_batch(images, config, n))
-        state = step_fn(state, batch, jax.random.fold_in(key, n), teacher)
+        state = step_fn(state, data_at(n), jax.random.fold_in(key, n), teacher)
         if (n + 1) % 25 == 0:
             bar.set_postfix(loss=" ".join(f"{x:.4f}" for x in np.asarray(state.loss)))
         if (n + 1) % save_every == 0 or n + 1 == config.steps:
