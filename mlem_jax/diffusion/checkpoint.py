@@ -36,8 +36,8 @@ def architecture(model: Model) -> dict:
                 "classes": model.classes, "image_size": model.image_size,
                 "features": model.dense.out_features}
     if isinstance(model, ResidualMLP):
-        return {"model": "ResidualMLP", "dim": model.dim, "stream": model.stream,
-                "hidden": list(model.hidden),
+        return {"model": "ResidualMLP", "dim": model.dim, "stream": list(model.stream),
+                "hidden": list(model.hidden), "inject_input": model.inject_input,
                 "beta": [model.sde.beta_min, model.sde.beta_max]}
     raise TypeError(
         f"`model` must be a UNet, a Classifier or a ResidualMLP, got {type(model).__name__}."
@@ -57,8 +57,9 @@ def _skeleton(stored: dict) -> Model:
                                          stored["classes"], stored["image_size"],
                                          stored["features"], key=key)
         if stored.get("model") == "ResidualMLP":
-            return eqx.filter_eval_shape(ResidualMLP, stored["dim"], stored["stream"],
-                                         tuple(stored["hidden"]), key=key,
+            return eqx.filter_eval_shape(ResidualMLP, stored["dim"], tuple(stored["stream"]),
+                                         tuple(stored["hidden"]),
+                                         inject_input=stored["inject_input"], key=key,
                                          sde=VPSDE(*stored["beta"]))
     except (KeyError, TypeError) as error:
         raise CheckpointError(f"incomplete architecture in manifest: {stored!r}") from error

@@ -6,6 +6,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._family import LevelFamily
@@ -26,17 +27,24 @@ class ResidualMLP(eqx.Module):
     """A residual MLP noise predictor eps(t, x) on ONE latent vector x (d,), with a
     readout ("exit") after every block.
 
-    h_0 = W_in [x, e(t)]; block j: h_j = h_(j-1) + B_j(silu([h_(j-1), e(t)])) with B_j
-    a two-layer MLP of hidden width `hidden[j]`; exit j: eps_j = sigma(t) x +
-    R_j(silu(h_j)). The skip sigma(t) x is the exact noise prediction for data
-    N(0, I) (whitened latents), so the exits learn only what differs from it; the
-    readouts start at zero. `__call__` is the last exit, `exits` the first few.
+    h_0 = W_in [x, e(t)] (width `stream[0]`); block j first widens h to `stream[j]`
+    with zeros, then h_j = h_(j-1) + B_j([silu(h_(j-1)), e(t)]), B_j a two-layer MLP
+    of hidden width `hidden[j]` (with `inject_input`, B_j also sees x); exit j:
+    eps_j = sigma(t) x + R_j(silu(h_j)). A stream that widens block by block keeps the
+    first exits cheap, as the narrower network's stream is the first coordinates of the
+    wider one's; without `inject_input`, x then reaches the later blocks only through
+    the first, narrow stream. The skip sigma(t) x is the
+    exact noise prediction for data N(0, I) (whitened latents), so the exits learn only
+    what differs from it; the readouts start at zero. `__call__` is the last exit,
+    `exits` the first few.
 
     **Arguments:**
 
     - `dim`: d, the latent dimension.
-    - `stream`: the width of the residual stream h.
+    - `stream`: the width of the residual stream h, one for every block or one per
+        block (non-decreasing).
     - `hidden`: the hidden width of each block, in order.
+    - `inject_input`: give every block the input x too, not only the first layer.
     - `key`: PRNG key of the initial weights.
     - `sde`: the forward `VPSDE` (for sigma(t)).
     """
@@ -46,31 +54,38 @@ class ResidualMLP(eqx.Module):
     readouts: tuple[eqx.nn.Linear, ...]
     sde: VPSDE
     dim: int = eqx.field(static=True)
-    stream: int = eqx.field(static=True)
+    stream: tuple[int, ...] = eqx.field(static=True)
     hidden: tuple[int, ...] = eqx.field(static=True)
+    inject_input: bool = eqx.field(static=True)
 
-    def __init__(self, dim: int, stream: int, hidden: Sequence[int], *, key: PRNGKeyArray,
-                 sde: VPSDE = VPSDE()):
+    def __init__(self, dim: int, stream: int | Sequence[int], hidden: Sequence[int], *,
+                 inject_input: bool = False, key: PRNGKeyArray, sde: VPSDE = VPSDE()):
         hidden = tuple(int(w) for w in hidden)
-        if dim < 1 or stream < 1 or not hidden or min(hidden) < 1:
+        streams = ((int(stream),) * len(hidden) if isinstance(stream, (int, np.integer))
+                   else tuple(int(w) for w in stream))
+        if (dim < 1 or not hidden or min(hidden) < 1 or len(streams) != len(hidden)
+                or min(streams) < 1 or list(streams) != sorted(streams)):
             raise ValueError(
-                "`dim`, `stream` and every `hidden` width must be >= 1, with at least one "
-                f"block; got dim={dim}, stream={stream}, hidden={hidden}."
+                "`dim`, every `stream` and every `hidden` width must be >= 1, with at least "
+                "one block, `stream` one width or one non-decreasing width per block; got "
+                f"dim={dim}, stream={stream}, hidden={hidden}."
             )
         features = 2 * FREQUENCIES + 1
         keys = jax.random.split(key, 2 * len(hidden) + 1)
-        self.embed = eqx.nn.Linear(dim + features, stream, key=keys[0])
+        self.embed = eqx.nn.Linear(dim + features, streams[0], key=keys[0])
         self.blocks = tuple(
-            (eqx.nn.Linear(stream + features, width, key=keys[2 * j + 1]),
-             eqx.nn.Linear(width, stream, key=keys[2 * j + 2]))
-            for j, width in enumerate(hidden)
+            (eqx.nn.Linear(width + dim * inject_input + features, inner,
+                           key=keys[2 * j + 1]),
+             eqx.nn.Linear(inner, width, key=keys[2 * j + 2]))
+            for j, (width, inner) in enumerate(zip(streams, hidden))
         )
         self.readouts = tuple(
-            eqx.tree_at(lambda r: (r.weight, r.bias), eqx.nn.Linear(stream, dim, key=key),
-                        (jnp.zeros((dim, stream)), jnp.zeros(dim)))
-            for _ in hidden
+            eqx.tree_at(lambda r: (r.weight, r.bias), eqx.nn.Linear(width, dim, key=key),
+                        (jnp.zeros((dim, width)), jnp.zeros(dim)))
+            for width in streams
         )
-        self.sde, self.dim, self.stream, self.hidden = sde, dim, stream, hidden
+        self.sde, self.dim, self.stream, self.hidden = sde, dim, streams, hidden
+        self.inject_input = bool(inject_input)
 
     @property
     def num_exits(self) -> int:
@@ -86,9 +101,12 @@ class ResidualMLP(eqx.Module):
         e = noise_features(self.sde, t)
         skip = self.sde.sigma(t) * x
         h = self.embed(jnp.concatenate([x, e]))
+        context = jnp.concatenate([x, e]) if self.inject_input else e
         outputs = []
-        for (first, second), readout in zip(self.blocks[:depth], self.readouts):
-            h = h + second(jax.nn.silu(first(jnp.concatenate([jax.nn.silu(h), e]))))
+        for (first, second), readout, width in zip(self.blocks[:depth], self.readouts,
+                                                   self.stream):
+            h = jnp.pad(h, (0, width - h.shape[0]))
+            h = h + second(jax.nn.silu(first(jnp.concatenate([jax.nn.silu(h), context]))))
             outputs.append(skip + readout(jax.nn.silu(h)))
         return tuple(outputs)
 

@@ -5,6 +5,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
 from .latent_models import ResidualMLP
@@ -25,6 +26,8 @@ class MixtureObjective(NamedTuple):
         its sampling noise). With a teacher, the teacher's prediction instead.
     - `every_exit`: fit every exit (a jointly trained family of early exits), or only the
         last one (a single level).
+    - `exit_weights`: with `every_exit`, the weight of each exit's term (normalised to
+        sum to 1); None weighs them equally.
     - `consistency`: weight of sum_j mean ||eps_j - eps_(j+1)||^2 over neighbouring exits
         (the next exit not differentiated): the level differences v_l that ML-EM's
         randomisation error is made of, in noise units.
@@ -37,6 +40,7 @@ class MixtureObjective(NamedTuple):
     target: str = "dsm"
     every_exit: bool = True
     consistency: float = 0.0
+    exit_weights: tuple[float, ...] | None = None
 
     def __call__(self, model: ResidualMLP, teacher: ResidualMLP | None,
                  mixture: GaussianMixture, key: PRNGKeyArray) -> Array:
@@ -57,7 +61,15 @@ class MixtureObjective(NamedTuple):
             target = z
         outputs = jax.vmap(lambda s, x: model.exits(s, x, model.num_exits))(t, xt)
         fitted = outputs if self.every_exit else outputs[-1:]
-        loss = sum(jnp.mean(jnp.square(eps - target)) for eps in fitted) / len(fitted)
+        weights = np.ones(len(fitted)) if self.exit_weights is None else np.asarray(
+            self.exit_weights, np.float64)
+        if weights.shape != (len(fitted),) or not (weights >= 0).all() or weights.sum() == 0:
+            raise ValueError(
+                f"`exit_weights` must be {len(fitted)} non-negative weights, not all 0; got "
+                f"{self.exit_weights}."
+            )
+        weights = weights / weights.sum()
+        loss = sum(w * jnp.mean(jnp.square(eps - target)) for w, eps in zip(weights, fitted))
         if self.consistency:
             gaps = [jnp.mean(jnp.square(lower - jax.lax.stop_gradient(upper)))
                     for lower, upper in zip(outputs, outputs[1:])]
