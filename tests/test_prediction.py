@@ -39,12 +39,10 @@ def test_randomisation_variance_of_random_draws_is_that_of_the_final_state():
     final = jax.vmap(lambda k: mlem_jax.solve(levels, jnp.zeros(()), 0.0, 1.0, n,
                                               probabilities=[1.0, p], key=k).ys)(
         jax.random.split(jax.random.key(0), paths))
-    expected = mlem_jax.randomisation_variance([1.0], [1.0, p], n, "random")
+    expected = mlem_jax.randomisation_variance([1.0], [1.0, p], n)
     assert expected == pytest.approx((1 / p - 1) / n)
     # The sample variance's relative standard error is about sqrt(2 / paths).
     assert float(np.var(final)) == pytest.approx(expected, rel=5 * np.sqrt(2 / paths))
-    assert mlem_jax.randomisation_variance([1.0], [1.0, p], n, "stratified") == pytest.approx(
-        (1 / p - 1) ** 2 / n**2)
 
 
 def test_predicted_runs_reach_the_target_and_cost_what_they_say():
@@ -59,7 +57,7 @@ def test_predicted_runs_reach_the_target_and_cost_what_they_say():
     # ML-EM: its chosen run reaches the target and costs N sum_l p_l c_l.
     p, n = prediction.probabilities, prediction.mlem_steps
     error = np.sqrt(em.error(2, n) ** 2
-                    + mlem_jax.randomisation_variance(variances, p, n, "random"))
+                    + mlem_jax.randomisation_variance(variances, p, n))
     assert error <= target
     assert prediction.mlem_cost == pytest.approx(n * float(p @ costs))
     assert prediction.speedup == pytest.approx(prediction.em_cost / prediction.mlem_cost)
