@@ -120,8 +120,10 @@ def _sample(a: argparse.Namespace) -> None:
 
 def _demo(a: argparse.Namespace) -> None:
     from .diffusion.demo import run_demo
+    from .diffusion.testbed_demo import run_testbed_demo
 
     run_demo(a.checkpoints, count=a.count, seed=a.seed, out_dir=a.out_dir)
+    run_testbed_demo(a.out_dir, seed=a.seed)
 
 
 def _bench(a: argparse.Namespace) -> None:

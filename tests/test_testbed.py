@@ -186,3 +186,22 @@ def test_samplers_run_a_family_one_pass_per_step():
     assert outcome.flops == pytest.approx(np.dot(passes, flops))
     assert method_cost("mlem", e, flops, 16, shared=True) == pytest.approx(outcome.flops)
     assert method_cost("mlem", e, flops, 16) == pytest.approx(np.dot(e, flops))
+
+
+def test_testbed_demo_runs_em_and_mlem_on_a_saved_ladder(tmp_path, capsys):
+    from mlem_jax.diffusion.checkpoint import save_model
+    from mlem_jax.diffusion.testbed_demo import run_testbed_demo
+
+    model = ResidualMLP(16, 8, (4, 8, 16), key=jax.random.key(0))
+    save_model(tmp_path / "ladder", model,
+               calibration={"flops": [1e3, 3e3, 9e3], "v": [1.0, 0.5], "delta": [3, 2, 1]},
+               operating={"em": {"level": 2, "steps": 8},
+                          "mlem": {"steps": 16, "probabilities": [1.0, 0.5, 0.25],
+                                   "draws": "stratified"}})
+    rows = run_testbed_demo(tmp_path, count=4, reference_steps=32, path=tmp_path / "ladder")
+    assert [row["method"] for row in rows] == ["EM, exit 3, 8 steps",
+                                              "ML-EM stratified, 16 steps"]
+    assert rows[0]["mflops"] == pytest.approx(8 * 9e3 / 1e6)
+    assert all(np.isfinite(row["error"]) and row["ms"] > 0 for row in rows)
+    assert (tmp_path / "testbed_digits.png").stat().st_size > 0
+    assert "rows exact | EM | ML-EM" in capsys.readouterr().out
