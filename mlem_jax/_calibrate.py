@@ -10,6 +10,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, Float, PyTree
 
+from ._family import LevelFamily
 from ._timing import median_seconds
 from ._validation import check_levels
 
@@ -54,7 +55,8 @@ def level_statistics(
 
     **Arguments:**
 
-    - `levels`: callables `f(t, y, args)`, cheapest first.
+    - `levels`: callables `f(t, y, args)`, cheapest first, or a `LevelFamily` (evaluated
+        in one pass per point).
     - `ts`: times, shape (P,).
     - `ys`: states with a leading axis of length P.
     - `args`: passed to every level.
@@ -93,7 +95,9 @@ def pointwise_squares(
     def measure(levels, top, ts, ys):
         def one_point(point):
             t, y = point
-            values = [level(t, y, args) for level in levels]
+            values = (list(levels.evaluate(t, y, args, len(levels)))
+                      if isinstance(levels, LevelFamily)
+                      else [level(t, y, args) for level in levels])
             exact = top(t, y, args)
             sub = lambda a, b: jtu.tree_map(jnp.subtract, a, b)  # noqa: E731
             differences = [

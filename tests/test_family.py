@@ -169,3 +169,13 @@ def test_truncated_family_is_the_first_levels():
     assert low.calls is shared.calls  # attributes of the whole family
     with pytest.raises(ValueError, match=r"`num_levels` must be in 1..4, got 5"):
         shared.truncated(5)
+
+
+def test_level_statistics_of_a_family_equal_those_of_its_levels():
+    shared = family()
+    ts = jnp.linspace(0.1, 0.9, 5)
+    ys = jax.random.normal(jax.random.key(4), (5, 3))
+    a = mlem_jax.level_statistics(shared, ts, ys)
+    b = mlem_jax.level_statistics(list(shared), ts, ys)
+    np.testing.assert_allclose(a.variances, b.variances, rtol=1e-5)
+    np.testing.assert_allclose(a.errors, b.errors, rtol=1e-5, atol=1e-6)
