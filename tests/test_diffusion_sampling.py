@@ -11,12 +11,18 @@ from mlem_jax.diffusion.calibrate import calibrate, probabilities_for, schedule_
 from mlem_jax.diffusion.metrics import frechet_distance, strong_error
 from mlem_jax.diffusion.runner import Setting, run_setting
 from mlem_jax.diffusion.sample import (
-    T_MIN, initial_noise, method_cost, sample, score_levels, stitch_evaluations,
+    T_MIN,
+    initial_noise,
+    method_cost,
+    sample,
+    score_levels,
+    stitch_evaluations,
     stitch_switch,
 )
 from mlem_jax.diffusion.sde import VPSDE, reverse_drift
 
 from diffusion_helpers import IMAGE_SHAPE, tiny_unets
+
 
 STEPS = 4
 

@@ -1,6 +1,8 @@
 """Time-dependent probabilities p_l(t): schedules in `solve` and `MLEM`, their optimiser
 and the time-binned calibration they come from."""
 
+from typing import Any
+
 import diffrax
 import equinox as eqx
 import jax
@@ -8,9 +10,10 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 import pytest
-from conftest import assert_close, brownian_tree, linear_levels
 
 import mlem_jax
+
+from conftest import assert_close, brownian_tree, linear_levels
 
 
 RATES = [1.0, 1.2, 1.3]
@@ -209,7 +212,9 @@ def test_error_sensitivity_is_exact_for_a_linear_drift(t0, t1, noisy):
     # EM on f = -a y: X_N = (1 - h a)^(N - 1 - n) X_{n+1}, in every direction.
     a, num_steps = 2.0, 10
     h = abs(t1 - t0) / num_steps
-    extra = dict(diffusion=lambda t, y, args: 0.5, brownian=jax.random.key(1)) if noisy else {}
+    extra: dict[str, Any] = {}
+    if noisy:
+        extra = dict(diffusion=lambda t, y, args: 0.5, brownian=jax.random.key(1))
     ts, w = mlem_jax.error_sensitivity(lambda t, y, args: -a * y * np.sign(t1 - t0),
                                        jnp.ones(5), t0, t1, num_steps, **extra)
     assert np.allclose(ts, np.asarray(mlem_jax.step_times(t0, t1, num_steps)))

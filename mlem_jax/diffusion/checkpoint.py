@@ -14,6 +14,7 @@ import jax
 from .classifier import Classifier
 from .unet import UNet, parameter_count
 
+
 FORMAT = 1
 
 
