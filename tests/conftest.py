@@ -1,3 +1,14 @@
+import os
+from pathlib import Path
+
+
+# A persistent compilation cache, shared with the subprocesses the tests start (the CLI
+# and experiment runs, 4 devices, 2 processes): programs compiled more than once in a
+# run, or in an earlier run, are read back instead of compiled again.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", str(Path(__file__).parents[1] / ".pytest_cache" / "jax")
+)
+
 import diffrax
 import jax
 import jax.numpy as jnp
