@@ -149,10 +149,13 @@ def test_grad_with_respect_to_level_parameters_matches_finite_differences():
 
 
 def test_determinism_per_key(levels3):
+    def diffusion(t, y, a):  # one function for every run: one compilation
+        return 0.5
+
     def run(key, brownian):
         return mlem_jax.solve(
             levels3, jnp.ones(4), 0.0, 1.0, 64, probabilities=[1.0, 0.5, 0.2], key=key,
-            diffusion=lambda t, y, a: 0.5, brownian=brownian,
+            diffusion=diffusion, brownian=brownian,
         )
 
     a = run(jax.random.key(1), jax.random.key(2))
