@@ -82,7 +82,7 @@ def frontier_settings(calibration: dict, em_steps: Sequence[int], mlem_steps: in
 
 # EM steps, ML-EM steps, top-level evaluations m, reference steps; the frontier's EM
 # steps and budgets m.
-_FULL = (32, 64, 8.0, 128, (8, 16, 32, 64), (2.0, 8.0, 32.0))
+_FULL = (32, 64, 8.0, 128, (8, 16, 32, 64), (2.0, 4.0, 8.0, 16.0, 32.0))
 _QUICK = (4, 8, 2.0, 16, (4, 8), (2.0,))
 
 

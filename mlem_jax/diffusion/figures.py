@@ -18,6 +18,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, figure, path: str | os.PathLike, dpi: int) -> Path:
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+    return path
+
+
 def sample_panels(path: str | os.PathLike, grids: Sequence[np.ndarray], titles: Sequence[str],
                   *, columns: int = 3, panel_inches: float = 4.2, dpi: int = 110) -> Path:
     """Write one PNG with a titled panel per batch of samples.
@@ -50,12 +59,7 @@ def sample_panels(path: str | os.PathLike, grids: Sequence[np.ndarray], titles: 
     for axis, image, title in zip(axes.flat, images, titles):
         axis.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         axis.set_title(title, fontsize=10)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path, dpi)
 
 
 def frontier_figure(path: str | os.PathLike,
@@ -90,9 +94,4 @@ def frontier_figure(path: str | os.PathLike,
     axis.set_title(title, fontsize=10)
     axis.grid(True, which="both", alpha=0.3)
     axis.legend()
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path, dpi)
