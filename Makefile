@@ -38,8 +38,9 @@ serve-docs: $(BIN)/.installed
 wheel-smoke: $(BIN)/.installed
 	PYTHON=$(PYTHON) .ci/wheel-smoke
 
+# One worker per core, up to 4 (compilation is mostly single-threaded).
 suite: $(BIN)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=4
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_core.py

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+import chex
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -267,7 +268,7 @@ def test_vmap_with_unbatched_key_shares_draws_and_skips_the_top_level():
     sol = jax.jit(jax.vmap(run))(jnp.ones((8, 3)))
     jax.effects_barrier()
     counts = mlem_jax.evaluations(sol)
-    assert counts.shape == (8, 2)
+    chex.assert_shape(counts, (8, 2))
     assert jnp.all(counts == counts[0])  # one draw per step for the whole batch
     top_evaluations = int(counts[0, 1])
     assert 0 < top_evaluations < 40  # Binomial(200, 0.05): mean 10, sd 3.1
@@ -319,7 +320,7 @@ def test_no_error_estimate_and_honest_orders_as_diffrax_solvers_state_them():
         state = solver.init(terms, 0.0, 0.1, Y0, None)
         y1, y_error, _, _, result = solver.step(terms, 0.0, 0.1, Y0, None, state, False)
         assert y_error is None and result == diffrax.RESULTS.successful
-        assert y1.shape == Y0.shape
+        chex.assert_equal_shape([y1, Y0])
 
 
 @pytest.mark.parametrize("error_order", [None, 1.0])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mlem_jax.cli import main
+from mlem_jax.diffusion import demo
 from mlem_jax.diffusion.checkpoint import save_model
 from mlem_jax.diffusion.figures import sample_panels
 
@@ -79,19 +80,30 @@ def test_tiny_sample_run(checkpoints, tmp_path, capsys):
     assert "3 samples by mlem" in capsys.readouterr().out
 
 
+def test_levels_without_a_calibration_file_are_calibrated_on_the_spot(checkpoints,
+                                                                     monkeypatch):
+    measured = {"flops": [1.0, 4.0], "variances": [1.0], "profile": {}}
+    calls = []
+    monkeypatch.setattr(demo, "calibrate",
+                        lambda levels, *a, **k: calls.append(len(levels)) or measured)
+    demo.prepare(checkpoints)  # the file's calibration
+    assert calls == []
+    (checkpoints / "calibration.json").unlink()
+    levels, image_shape, calibration = demo.prepare(checkpoints)
+    assert calibration is measured and calls == [2] and image_shape == IMAGE_SHAPE
+
+
 def _png_size(path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     return struct.unpack(">II", data[16:24])
 
 
-def test_tiny_demo_run(tmp_path, capsys):
-    """`demo --quick` on tiny UNets, with the calibration measured on the spot (no file):
-    its table, the samples side by side and the frontier."""
-    for model in tiny_unets():
-        save_model(tmp_path / f"unet_w{model.width}", model, image_shape=list(IMAGE_SHAPE))
+def test_tiny_demo_run(checkpoints, tmp_path, capsys):
+    """`demo --quick` on tiny UNets: its table, the samples side by side and the
+    frontier."""
     out = tmp_path / "out"
-    assert main(["demo", "--checkpoints", str(tmp_path), "--count", "2", "--quick",
+    assert main(["demo", "--checkpoints", str(checkpoints), "--count", "2", "--quick",
                  "--out-dir", str(out)]) == 0
     printed = capsys.readouterr().out
     for method in ("EM, largest UNet, 4 steps", "ML-EM, 8 steps, m=2", "ML-EM p(t)",

@@ -3,6 +3,7 @@ and the time-binned calibration they come from."""
 
 from typing import Any
 
+import chex
 import diffrax
 import equinox as eqx
 import jax
@@ -128,7 +129,8 @@ def test_optimal_schedule_is_one_global_multiplier_of_sqrt_v_over_c():
     variances = np.stack([1.0 + 9 * (ts < 0.1), 0.1 + 2.0 * (ts < 0.1)], axis=1)
     p = mlem_jax.optimal_probabilities(COSTS, variances, top_level_evaluations=3,
                                        num_steps=50)
-    assert p.shape == (50, 3) and (p[:, 0] == 1).all()
+    chex.assert_shape(p, (50, 3))
+    assert (p[:, 0] == 1).all()
     assert np.isclose(p[:, -1].sum(), 3.0)
     ratio = p[:, 1:] / np.sqrt(variances / COSTS[1:])
     assert np.allclose(ratio, ratio[0, 0])  # nothing is clipped here
