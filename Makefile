@@ -27,7 +27,7 @@ format: $(BIN)/.installed
 	$(BIN)/ruff format .
 
 types: $(BIN)/.installed
-	$(BIN)/pyright
+	$(BIN)/pyright -p .
 
 docs: $(BIN)/.installed
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
