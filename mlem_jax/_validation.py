@@ -49,7 +49,8 @@ def check_levels(levels: Any) -> tuple[Callable, ...]:
     for index, level in enumerate(levels):
         if not callable(level):
             raise TypeError(
-                f"`levels[{index}]` must be a callable `f(t, y, args)`, got {type(level).__name__}."
+                f"`levels[{index}]` must be a callable `f(t, y, args)`, "
+                f"got {type(level).__name__}."
             )
     return tuple(levels)
 
@@ -74,7 +75,9 @@ def check_times(t0: Any, t1: Any) -> None:
             raise ValueError(f"`{name}` must be a finite time, got {value}.")
     a, b = concrete_or_none(t0), concrete_or_none(t1)
     if a is not None and b is not None and a == b:
-        raise ValueError(f"`t0` and `t1` must differ (t1 < t0 integrates backwards), both are {a}.")
+        raise ValueError(
+            f"`t0` and `t1` must differ (t1 < t0 integrates backwards), both are {a}."
+        )
 
 
 def check_state(y0: Any) -> None:
@@ -94,7 +97,9 @@ def describe(tree: Any) -> str:
     return str(jtu.tree_map(lambda x: f"{x.dtype}{list(x.shape)}", tree))
 
 
-def check_level_outputs(levels: Sequence[Callable], t0: Any, y0: Any, args: Any) -> None:
+def check_level_outputs(
+    levels: Sequence[Callable], t0: Any, y0: Any, args: Any
+) -> None:
     """Each level must return exactly the structure, shapes and dtypes of `y0`."""
     expected = jax.eval_shape(lambda: y0)
     expected_struct = jtu.tree_structure(expected)
@@ -111,7 +116,9 @@ def check_level_outputs(levels: Sequence[Callable], t0: Any, y0: Any, args: Any)
             )
 
 
-def check_diffusion_output(diffusion: Callable, t0: Any, y0: Any, args: Any) -> None:
+def check_diffusion_output(
+    diffusion: Callable, t0: Any, y0: Any, args: Any
+) -> None:
     """`diffusion(t, y, args)` must broadcast against `y` leaf by leaf (g * dW)."""
     expected = jax.eval_shape(lambda: y0)
     out = jax.eval_shape(lambda: diffusion(t0, y0, args))
@@ -181,7 +188,8 @@ def _check_probability_row(row: str, values: np.ndarray, coupling: str) -> None:
         raise ValueError(f"{name} must lie in (0, 1], got {values.tolist()}.")
     if values[0] != 1:
         raise ValueError(
-            f"{first} must be 1: the cheapest level is evaluated at every step; got {values[0]}."
+            f"{first} must be 1: the cheapest level is evaluated at every step; "
+            f"got {values[0]}."
         )
     if coupling == "nested" and (np.diff(values) > 0).any():
         raise ValueError(

@@ -72,12 +72,8 @@ def test_solve_in_bfloat16_stays_within_the_derived_bound(method):
     levels = _levels() if method == "mlem" else _levels()[1:]
     p = 0.3
     kw: dict[str, Any] = dict(
-        probabilities=[1.0, p] if method == "mlem" else None,
-        key=jax.random.key(2),
-        diffusion=lambda t, y, args: 0.3,
-        brownian=jax.random.key(3),
-        saveat="steps",
-    )
+        probabilities=[1.0, p] if method == "mlem" else None, key=jax.random.key(2),
+        diffusion=lambda t, y, args: 0.3, brownian=jax.random.key(3), saveat="steps")
     y0, steps = jnp.ones(DIM), 20
     exact = mlem_jax.solve(levels, y0, 0.0, 1.0, steps, **kw)
     low = mlem_jax.solve([mlem_jax.in_precision(f) for f in levels], y0, 0.0, 1.0, steps, **kw)
@@ -112,9 +108,8 @@ def test_unet_levels_compute_in_bfloat16_and_sample_in_float32():
     convolutions = [line for line in jaxpr.splitlines() if "conv_general_dilated" in line]
     assert convolutions and all("bf16[" in line.split("=")[0] for line in convolutions)
     assert low[1](0.5, x1, None).dtype == jnp.float32
-    kw: dict[str, Any] = dict(
-        key=jax.random.key(3), brownian=jax.random.key(2), probabilities=(1.0, 0.5)
-    )
+    kw: dict[str, Any] = dict(key=jax.random.key(3), brownian=jax.random.key(2),
+                              probabilities=(1.0, 0.5))
     ys = sample("mlem", low, x1, 4, **kw).ys  # pyright: ignore[reportArgumentType]
     assert ys.dtype == jnp.float32 and bool(jnp.isfinite(ys).all())
 
@@ -140,6 +135,5 @@ def test_bfloat16_experiment_quick(tmp_path):
     for run in report["runs"]:
         assert run["same_draws"] and 0 < run["bfloat16_vs_float32"] < run["error_float32"]
     # One bf16 evaluation is off by a few unit roundoffs (2^-8) of the drift at t >= 0.1.
-    assert all(
-        0 < e < 8 * U16 for p in report["level_errors"] if p["t"] >= 0.1 for e in p["levels"]
-    )
+    assert all(0 < e < 8 * U16 for p in report["level_errors"] if p["t"] >= 0.1
+               for e in p["levels"])

@@ -47,9 +47,8 @@ class Outcome(NamedTuple):
 Sampler = Callable[[Sequence[ScoreDrift], Array, Any, PRNGKeyArray, Array | None], Solution]
 
 
-def compile_sampler(
-    setting: Setting, levels: Sequence[ScoreDrift], x1: Array, brownian: Any
-) -> Sampler:
+def compile_sampler(setting: Setting, levels: Sequence[ScoreDrift], x1: Array,
+                    brownian: Any) -> Sampler:
     """The sampler of `setting`, lowered and compiled for arguments like these, as
     `run(levels, x1, brownian, key, probabilities) -> Solution`: the levels' weights,
     the noise, the Brownian path, the ML-EM draw key and p_l are arguments, so one
@@ -69,41 +68,26 @@ def compile_sampler(
         if mlem:
             levels, probabilities = [levels[i] for i in needed], probabilities[..., needed]
         solution = sample(
-            setting.method,
-            levels,
-            x1,
-            setting.num_steps,
-            key=key,
-            brownian=brownian,
-            probabilities=probabilities,
-            draws=setting.draws,
-            switch=setting.switch,
-            small=setting.small,
+            setting.method, levels, x1, setting.num_steps, key=key,
+            brownian=brownian, probabilities=probabilities, draws=setting.draws,
+            switch=setting.switch, small=setting.small,
         )
         if not mlem:
             return solution
         evaluations = jnp.zeros(len(dynamic), solution.evaluations.dtype)
-        return eqx.tree_at(
-            lambda s: s.evaluations, solution, evaluations.at[needed].set(solution.evaluations)
-        )
+        return eqx.tree_at(lambda s: s.evaluations, solution,
+                           evaluations.at[needed].set(solution.evaluations))
 
     key = jax.random.key(0)
     p = jnp.ones(np.shape(setting.probabilities)) if mlem else None
     compiled = jax.jit(run).lower(dynamic, x1, brownian, key, p).compile()
     return lambda levels, x1, brownian, key, p: compiled(
-        eqx.filter(list(levels), eqx.is_array), x1, brownian, key, p
-    )
+        eqx.filter(list(levels), eqx.is_array), x1, brownian, key, p)
 
 
-def run_setting(
-    setting: Setting,
-    levels: Sequence[ScoreDrift],
-    x1: Array,
-    brownian: Any,
-    key: PRNGKeyArray | None,
-    flops: Sequence[float],
-    cache: dict | None = None,
-) -> Outcome:
+def run_setting(setting: Setting, levels: Sequence[ScoreDrift], x1: Array, brownian: Any,
+                key: PRNGKeyArray | None, flops: Sequence[float],
+                cache: dict | None = None) -> Outcome:
     """Run `setting` once (timed, compilation excluded) and account its FLOPs per image.
 
     **Arguments:**
@@ -126,21 +110,10 @@ def run_setting(
     needed = needed_levels(setting.probabilities) if setting.method == "mlem" else None
     arrays = eqx.filter(list(levels), eqx.is_array)
     leaves = tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree_util.tree_leaves(arrays))
-    signature = (
-        setting.method,
-        setting.num_steps,
-        setting.draws,
-        setting.switch,
-        setting.small,
-        needed,
-        np.shape(setting.probabilities),
-        x1.shape,
-        x1.dtype,
-        getattr(x1, "sharding", None),
-        type(brownian).__name__,
-        jax.tree_util.tree_structure(arrays),
-        leaves,
-    )
+    signature = (setting.method, setting.num_steps, setting.draws, setting.switch,
+                 setting.small, needed, np.shape(setting.probabilities), x1.shape, x1.dtype,
+                 getattr(x1, "sharding", None), type(brownian).__name__,
+                 jax.tree_util.tree_structure(arrays), leaves)
     cache = {} if cache is None else cache
     if signature not in cache:
         cache[signature] = compile_sampler(setting, levels, x1, brownian)
@@ -150,13 +123,6 @@ def run_setting(
     start = time.perf_counter()
     solution = jax.block_until_ready(run(levels, x1, brownian, key, p))
     seconds = time.perf_counter() - start
-    cost = method_cost(
-        setting.method,
-        solution.evaluations,
-        flops,
-        setting.num_steps,
-        setting.switch,
-        setting.small,
-        T_MIN,
-    )
+    cost = method_cost(setting.method, solution.evaluations, flops, setting.num_steps,
+                       setting.switch, setting.small, T_MIN)
     return Outcome(np.asarray(solution.ys), cost, seconds, np.asarray(solution.evaluations))

@@ -16,9 +16,8 @@ T_MIN = 1e-3
 METHODS = ("em", "mlem", "tstitch")
 
 
-def score_levels(
-    models: Sequence[UNet], kind: str = "sde", sde: VPSDE = VPSDE()
-) -> list[ScoreDrift]:
+def score_levels(models: Sequence[UNet], kind: str = "sde", sde: VPSDE = VPSDE()
+                 ) -> list[ScoreDrift]:
     """One reverse-drift level per UNet, cheapest first."""
     return [ScoreDrift(model, sde, kind) for model in models]
 
@@ -96,43 +95,27 @@ def sample(
         chosen = list(levels)
     elif method == "tstitch":
         if switch is None:
-            raise ValueError(
-                "`switch` (time of the hand-over to the large model) is "
-                "required for method 'tstitch'."
-            )
+            raise ValueError("`switch` (time of the hand-over to the large model) is "
+                             "required for method 'tstitch'.")
         chosen = [StitchedDrift(levels[small], levels[-1], float(switch))]
         probabilities = None
     else:
         chosen, probabilities = [levels[-1]], None
     sde_kind = levels[-1].kind == "sde"
     if sde_kind and brownian is None:
-        raise ValueError(
-            "`brownian` (a PRNG key or a Brownian path) is required for reverse-SDE levels."
-        )
+        raise ValueError("`brownian` (a PRNG key or a Brownian path) is required for "
+                         "reverse-SDE levels.")
     return solve(
-        chosen,
-        x1,
-        1.0,
-        t_min,
-        num_steps,
-        probabilities=probabilities,
-        key=key if method == "mlem" else None,
-        draws=draws,
+        chosen, x1, 1.0, t_min, num_steps, probabilities=probabilities,
+        key=key if method == "mlem" else None, draws=draws,
         diffusion=levels[-1].sde.diffusion if sde_kind else None,
-        brownian=brownian if sde_kind else None,
-        saveat=saveat,
+        brownian=brownian if sde_kind else None, saveat=saveat,
     )
 
 
-def method_cost(
-    method: str,
-    evaluations: Any,
-    level_costs: Any,
-    num_steps: int,
-    switch: float | None = None,
-    small: int = -2,
-    t_min: float = T_MIN,
-) -> float:
+def method_cost(method: str, evaluations: Any, level_costs: Any, num_steps: int,
+                switch: float | None = None, small: int = -2, t_min: float = T_MIN
+                ) -> float:
     """Cost of one run: evaluations @ costs (ML-EM), N c_K (EM), or the T-Stitch split.
 
     **Arguments:**
