@@ -13,6 +13,7 @@ Run: python bench/bench_core.py [--repeats 7] [--json bench/results/core.json]
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import diffrax
 import equinox as eqx
@@ -90,7 +91,7 @@ def compare(label, mine, baseline, y0, repeats):
 
 def bench_loop_overhead(problems, repeats):
     print("1. solve (one level) / hand-written lax.scan EM, jitted (goal <= 1.1x):")
-    results = {}
+    results: dict[str, Any] = {}
     for name, drift, y0, num_steps in problems:
         key = jax.random.key(1)
         mine = jax.jit(lambda y: ours(drift, y, num_steps, key))
@@ -103,7 +104,7 @@ def bench_loop_overhead(problems, repeats):
 def bench_diffrax(problems, repeats):
     print("2. solve / diffrax.diffeqsolve(Euler()) (goal: <= 0.1x on small, <= 1x on "
           "large):")
-    results = {}
+    results: dict[str, Any] = {}
     for name, drift, y0, num_steps in problems:
         unsafe = diffrax.UnsafeBrownianPath(shape=y0.shape, key=jax.random.key(2))
         tree = diffrax.VirtualBrownianTree(0.0, T, tol=T / num_steps / 8, shape=y0.shape,
@@ -143,7 +144,8 @@ def bench_skipping(repeats):
           f"p = {np.round(p, 3).tolist()}")
     print(f"  one evaluation: MFLOPs {np.round(costs.flops / 1e6, 2).tolist()}, "
           f"ms {np.round(costs.seconds * 1e3, 3).tolist()}")
-    results = dict(widths=widths, batch=batch, num_steps=num_steps, probabilities=p.tolist(),
+    results: dict[str, Any] = dict(
+        widths=widths, batch=batch, num_steps=num_steps, probabilities=p.tolist(),
                    flops_per_evaluation=costs.flops.tolist(),
                    seconds_per_evaluation=costs.seconds.tolist())
     noises = {"ODE": {}, "SDE": dict(diffusion=diffusion, brownian=jax.random.key(7))}

@@ -16,6 +16,7 @@ other processes hits both alike. Run: python bench/bench_diffrax.py [--repeats 9
 """
 
 import argparse
+from typing import Any
 
 import diffrax
 import equinox as eqx
@@ -110,7 +111,7 @@ def mlem_diffrax(levels, y0, path):
 
 @eqx.filter_jit
 def mlem_solve(levels, y0, path):
-    noise = {} if path is None else dict(diffusion=diffusion, brownian=path)
+    noise: dict[str, Any] = {} if path is None else dict(diffusion=diffusion, brownian=path)
     sol = mlem_jax.solve(
         levels, y0, 0.0, T, NUM_STEPS, probabilities=PROBABILITIES, key=KEY, **noise
     )
@@ -143,7 +144,7 @@ def row(name, seconds, baseline_name, baseline_seconds, goal=None):
 
 def check_same_steps(levels, y0, path):
     """Each ratio compares two computations of the same steps: check before timing."""
-    close = dict(rtol=1e-4, atol=1e-4)
+    close: dict[str, Any] = dict(rtol=1e-4, atol=1e-4)
     top_only, baseline = mlem_top_only(levels, y0, path), euler(levels, y0, path)
     np.testing.assert_allclose(top_only, baseline, **close)
     for noise in (path, None):

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+
 DEVICE_COUNTS = (1, 2, 4)
 GPU_BATCHES = (256, 1024)
 

@@ -25,6 +25,7 @@ from mlem_jax.diffusion.levels import load_levels
 from mlem_jax.diffusion.sample import initial_noise, score_levels
 from mlem_jax.diffusion.unet import conv_channels_last
 
+
 STEPS = 16
 
 

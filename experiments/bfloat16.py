@@ -1,4 +1,4 @@
-"""Issue 6: the error that bfloat16 levels add on the diffusion experiment.
+"""The error that bfloat16 levels add on the diffusion experiment.
 
 **Setup.** The shipped UNets (widths 2, 4, 8, 16) as reverse-SDE levels, each wrapped
 by `mlem_jax.in_precision(level, jnp.bfloat16)`: the UNet's weights and input are
@@ -24,6 +24,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -37,11 +38,14 @@ from mlem_jax.diffusion.metrics import strong_error
 from mlem_jax.diffusion.runner import Setting, run_setting
 from mlem_jax.diffusion.sample import T_MIN, initial_noise, sample, score_levels
 
+
 RESULTS = Path(__file__).parent / "results"
-FULL = dict(images=8, reference_steps=256, em_steps=(32, 64), mlem=((64, 8.0), (128, 32.0)),
-            draw_seeds=2, probe_steps=(26, 128, 230, 250, 255))
-QUICK = dict(images=2, reference_steps=32, em_steps=(16,), mlem=((16, 4.0),), draw_seeds=1,
-             probe_steps=(4, 16, 31))
+FULL: dict[str, Any] = dict(
+    images=8, reference_steps=256, em_steps=(32, 64), mlem=((64, 8.0), (128, 32.0)),
+    draw_seeds=2, probe_steps=(26, 128, 230, 250, 255))
+QUICK: dict[str, Any] = dict(
+    images=2, reference_steps=32, em_steps=(16,), mlem=((16, 4.0),), draw_seeds=1,
+    probe_steps=(4, 16, 31))
 
 
 def probabilities(calibration: dict, num_steps: int, top_level_evaluations: float

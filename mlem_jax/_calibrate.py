@@ -39,7 +39,8 @@ class LevelCosts(NamedTuple):
 
 
 def _squared_norm(tree: PyTree) -> Array:
-    return sum(jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in jtu.tree_leaves(tree))
+    squares = [jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in jtu.tree_leaves(tree)]
+    return jnp.sum(jnp.stack(squares))
 
 
 def level_statistics(

@@ -19,9 +19,9 @@ import diffrax
 import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from diffrax._term import AdjointTerm, WrapTerm
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
+from ._diffrax_private import wrapper_terms
 from ._family import LevelFamily
 from ._levels import needed_levels
 from ._schedule import check_schedule_callable, checked_schedule_row
@@ -36,11 +36,11 @@ from ._validation import (
 
 
 class MultilevelTerm(diffrax.AbstractTerm):
-    r"""The drift $f\,\mathrm{d}t$ of an SDE or ODE, given as levels $f^1, ..., f^K$.
+    """The drift f dt of an SDE or ODE, given as levels f^1, ..., f^K.
 
-    `MLEM` replaces $f$ at each step by the unbiased estimate
-    $F_n = f^1 + \sum_{l \ge 2} (B_{n,l} / p_l) (f^l - f^{l-1})$ with
-    $P(B_{n,l} = 1) = p_l$, so $E[F_n] = f^K$. Levels that cancel from the estimate
+    `MLEM` replaces f at each step by the unbiased estimate
+    F_n = f^1 + sum_{l >= 2} (B_{n,l} / p_l) (f^l - f^(l-1)) with
+    P(B_{n,l} = 1) = p_l, so E[F_n] = f^K. Levels that cancel from the estimate
     (`mlem_jax.needed_levels` of array probabilities) are never evaluated.
 
     Any other diffrax solver sees this term as `ODETerm(levels[-1])`: the top level,
@@ -127,36 +127,6 @@ class MLEMSolverState(NamedTuple):
     evaluations: Int[Array, " K"]
 
 
-class _NotAdaptive:
-    """Stands in for `MLEM`'s (error) order: using it in arithmetic raises.
-
-    Adaptive step-size controllers compute with the solver's error order, constant
-    ones ignore it, so this refuses exactly the adaptive ones, at trace time.
-    """
-
-    message = (
-        "`mlem_jax.MLEM` cannot be used with an adaptive step-size controller such as "
-        "`diffrax.PIDController` (nor wrapped in `diffrax.HalfSolver`): its drift "
-        "estimate is random, so an error estimate would mostly measure the "
-        "randomisation noise and reject good steps. Use a constant step instead: "
-        "`diffeqsolve(..., dt0=...)` with the default `ConstantStepSize()`, or "
-        "`stepsize_controller=diffrax.StepTo(ts=...)`."
-    )
-
-    def __repr__(self) -> str:
-        return "<MLEM has no error estimate: constant steps only>"
-
-    def _refuse(self, *_):
-        raise ValueError(self.message)
-
-    __add__ = __radd__ = __sub__ = __rsub__ = _refuse
-    __mul__ = __rmul__ = __truediv__ = __rtruediv__ = __pow__ = __rpow__ = _refuse
-    __lt__ = __le__ = __gt__ = __ge__ = __float__ = __bool__ = __jax_array__ = _refuse
-
-
-_NOT_ADAPTIVE = _NotAdaptive()
-
-
 class _Parsed(NamedTuple):
     drift: diffrax.AbstractTerm  # the MultilevelTerm, with diffrax's wrappers on
     multilevel: MultilevelTerm
@@ -172,12 +142,13 @@ def _flatten(terms: Any) -> list:
 
 def _unwrap(term: Any) -> tuple[Any, Any]:
     """Peel off diffrax's `WrapTerm`s (the direction of time); refuse `AdjointTerm`."""
+    wrap_term, adjoint_term = wrapper_terms()
     direction = 1
     while True:
-        if isinstance(term, WrapTerm):
+        if isinstance(term, wrap_term):
             direction = direction * term.direction
             term = term.term
-        elif isinstance(term, AdjointTerm):
+        elif isinstance(term, adjoint_term):
             raise ValueError(
                 "`mlem_jax.MLEM` does not support `adjoint=diffrax.BacksolveAdjoint()`: "
                 "the backward solve would redraw the levels and differentiate a "
@@ -262,8 +233,16 @@ class MLEM(diffrax.AbstractItoSolver):
     skipped. A batched key turns the `cond` into a `select` that evaluates every level.
 
     **Step sizes:** constant only (`dt0` with `ConstantStepSize`, or `StepTo`). The
-    drift estimate is random, so there is no error estimate: adaptive controllers
-    (`PIDController`, `HalfSolver`) are refused with an error at trace time.
+    drift estimate is random, so there is no error estimate: each step returns
+    `y_error=None`, diffrax's mark of a solver without one, and adaptive controllers
+    such as `PIDController` refuse it at trace time. (Do not wrap `MLEM` in
+    `diffrax.HalfSolver` to get one: the difference of two random drift estimates
+    measures the randomisation noise, not the step's error.)
+
+    **Orders:** `order` is `None` (with random draws the drift estimate is random, so
+    even on an ODE the error is of strong order 1/2, not of a deterministic order);
+    `strong_order` is 1/2, as for Euler-Maruyama: the randomisation error is of order
+    1/2 with random draws and 1 with stratified ones.
 
     **Evaluations:** `saveat=diffrax.SaveAt(..., solver_state=True)`, then
     `mlem_jax.evaluations(sol)` gives how many times each level was evaluated.
@@ -280,18 +259,17 @@ class MLEM(diffrax.AbstractItoSolver):
         diffrax.LocalLinearInterpolation
     )
 
-    def order(self, terms: PyTree[diffrax.AbstractTerm]) -> Any:
-        """No deterministic order: returns a marker refusing adaptive step sizes."""
-        return _NOT_ADAPTIVE
+    def order(self, terms: PyTree[diffrax.AbstractTerm]) -> int | None:
+        """`None`: ML-EM's drift estimate is random, so it has no deterministic order."""
+        return None
 
-    def strong_order(self, terms: PyTree[diffrax.AbstractTerm]) -> Any:
-        """No deterministic order: returns a marker refusing adaptive step sizes."""
-        return _NOT_ADAPTIVE
+    def strong_order(self, terms: PyTree[diffrax.AbstractTerm]) -> float | None:
+        """1/2, the strong order of Euler-Maruyama and of the randomisation error."""
+        return 0.5
 
-    def error_order(self, terms: PyTree[diffrax.AbstractTerm]) -> Any:
-        """No error estimate: returns a marker that raises if an adaptive step-size
-        controller uses it (constant step-size controllers ignore it)."""
-        return _NOT_ADAPTIVE
+    def error_order(self, terms: PyTree[diffrax.AbstractTerm]) -> float | None:
+        """`None`: there is no error estimate (each step's `y_error` is `None`)."""
+        return None
 
     def _check_key(self, term: MultilevelTerm) -> None:
         if len(term.levels) > 1 and self.key is None:
@@ -343,8 +321,8 @@ class MLEM(diffrax.AbstractItoSolver):
 
         **Returns:**
 
-        `(y1, y_error, dense_info, solver_state, result)`. `y_error` is infinite: there
-        is no error estimate (see the class docstring).
+        `(y1, None, dense_info, solver_state, result)`: there is no error estimate (see
+        the class docstring).
         """
         del made_jump
         parsed = _parse_terms(terms)
@@ -352,16 +330,15 @@ class MLEM(diffrax.AbstractItoSolver):
         self._check_key(term)
         levels = _time_mapped_levels(term.levels, parsed.direction)
         others = parsed.others
+        noise = dw = None
         if others:
 
-            def noise(t, y, args, dw):
+            def other_terms(t, y, args, dw):
                 return _sum_terms(
                     *(other.vf_prod(t, y, args, w) for other, w in zip(others, dw))
                 )
 
-            dw = tuple(other.contr(t0, t1) for other in others)
-        else:
-            noise = dw = None
+            noise, dw = other_terms, tuple(other.contr(t0, t1) for other in others)
         p = checked_schedule_row(
             term.probabilities, solver_state.num_steps, t0 * parsed.direction,
             len(levels), term.coupling,
@@ -372,10 +349,9 @@ class MLEM(diffrax.AbstractItoSolver):
         start = MLEMState(y0, solver_state.evaluations, solver_state.num_steps)
         state, _ = step(self.key, start, t0, dt, dw, args)
         y1 = state.y
-        y_error = jtu.tree_map(lambda y: jnp.full_like(y, jnp.inf), y1)
         dense_info = dict(y0=y0, y1=y1)
         new_state = MLEMSolverState(state.step, state.evaluations)
-        return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
+        return y1, None, dense_info, new_state, diffrax.RESULTS.successful
 
     def func(
         self, terms: PyTree[diffrax.AbstractTerm], t0: Any, y0: PyTree, args: Any

@@ -6,6 +6,7 @@ import numpy as np
 
 from ._validation import check_coupling, check_draws
 
+
 # The randomisation error of correction l grows as p_l^-POWER: random draws add
 # independent errors, variance v_l / p_l; stratified ones leave a quadrature-like error
 # of order h / p_l, squared v_l / p_l^2 (taking the correction's rate of change along a

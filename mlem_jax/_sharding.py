@@ -18,10 +18,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import PyTree
 
+
 BATCH = "batch"
 
 
-def batch_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = BATCH) -> Mesh:
+def batch_mesh(devices: Sequence[Any] | None = None, axis_name: str = BATCH) -> Mesh:
     """A one-dimensional mesh whose only axis, `axis_name`, runs over `devices`.
 
     **Arguments:**

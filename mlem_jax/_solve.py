@@ -107,7 +107,7 @@ def _scan(
         )
         state, _ = step(key, state, t, dt, dw, args)
         if save is not None:
-            saved = _store(saved, slots, n + 1, state.y)
+            saved = _store(saved, slots, n + 1, state.y)  # pyright: ignore[reportArgumentType]
         return (state, saved), None
 
     if save is None:
@@ -123,7 +123,7 @@ def _scan(
     (final, saved), _ = lax.scan(body, start, None, length=num_steps)
     if save is None:
         return final.y, t1, final.evaluations
-    ys = jtu.tree_map(lambda b: b[order], saved)
+    ys = jtu.tree_map(lambda b: b[order], saved)  # pyright: ignore[reportPossiblyUnboundVariable]
     return ys, grid_time(jnp.asarray(save), t0, t1, num_steps), final.evaluations
 
 

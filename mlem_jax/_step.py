@@ -50,7 +50,7 @@ class NoiseIncrement(Protocol):
 
 class Step(Protocol):
     def __call__(
-        self, key: PRNGKeyArray, state: MLEMState, t: Any, dt: Any, dw: PyTree, args: Any
+        self, key: PRNGKeyArray | None, state: MLEMState, t: Any, dt: Any, dw: PyTree, args: Any
     ) -> tuple[MLEMState, MLEMInfo]: ...
 
 
@@ -133,7 +133,7 @@ def build_step(
     used = [levels[i] for i in needed]
     index = np.array(needed)
     skipped = [i for i in range(len(levels)) if i not in needed]
-    if skipped and concrete_or_none(p) is None:
+    if skipped and p is not None and concrete_or_none(p) is None:
         # Traced p: check at run time that the skipped levels cancel (p_l == p_(l+1)).
         p = eqx.error_if(
             p, jnp.any(p[..., np.array(skipped)] != p[..., np.array(skipped) + 1]),

@@ -54,14 +54,15 @@ def _sde_demo(a: argparse.Namespace) -> None:
 
 
 def _train(a: argparse.Namespace) -> None:
-    from .diffusion.levels import train_levels
+    from .diffusion.levels import WIDTHS, train_levels
     from .diffusion.train import TrainConfig
 
     config = TrainConfig(steps=a.steps, batch_size=a.batch_size,
                          learning_rate=a.learning_rate, seed=a.seed)
-    state = train_levels(a.checkpoints, dataset=a.dataset, widths=a.widths, config=config,
+    widths = a.widths or WIDTHS
+    state = train_levels(a.checkpoints, dataset=a.dataset, widths=widths, config=config,
                          progress=not a.quiet)
-    print(f"trained widths {a.widths} for {int(state.step)} steps in "
+    print(f"trained widths {widths} for {int(state.step)} steps in "
           f"{float(state.seconds):.0f} s; checkpoints in {a.checkpoints}")
 
 
@@ -122,8 +123,9 @@ def _demo(a: argparse.Namespace) -> None:
     from .diffusion.demo import run_demo
     from .diffusion.testbed_demo import run_testbed_demo
 
-    run_demo(a.checkpoints, count=a.count, seed=a.seed, out_dir=a.out_dir)
-    run_testbed_demo(a.out_dir, seed=a.seed)
+    run_demo(a.checkpoints, count=a.count, seed=a.seed, out_dir=a.out_dir, quick=a.quick)
+    run_testbed_demo(a.out_dir, seed=a.seed, **({"count": 32, "reference_steps": 256}
+                                                if a.quick else {}))
 
 
 def _bench(a: argparse.Namespace) -> None:
@@ -185,8 +187,6 @@ def _distributed_sample(a: argparse.Namespace) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .diffusion.levels import CHECKPOINTS, WIDTHS
-
     parser = argparse.ArgumentParser(
         prog="mlem-jax", description="Multilevel Euler-Maruyama (ML-EM) in JAX."
     )
@@ -196,13 +196,14 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         sub.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
         if checkpoints:
-            sub.add_argument("--checkpoints", default=str(CHECKPOINTS),
+            sub.add_argument("--checkpoints",
                              help="folder of the UNet checkpoints (default: the shipped ones)")
         sub.set_defaults(run=run)
         return sub
 
     train = command("train", "train the UNet levels on MNIST (resumes if interrupted)", _train)
-    train.add_argument("--widths", type=_widths, default=WIDTHS, help="e.g. 2,4,8,16")
+    train.add_argument("--widths", type=_widths,
+                       help="e.g. 2,4,8,16 (default: those of the shipped UNets)")
     train.add_argument("--steps", type=_positive, default=2000, help="optimiser steps")
     train.add_argument("--batch-size", type=_positive, default=64)
     train.add_argument("--learning-rate", type=float, default=2e-3)
@@ -237,9 +238,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="T-Stitch: share of the time span on the small UNet")
     smp.add_argument("--out", default="samples.png", help="output .png (grid) or .npz")
 
-    demo = command("demo", "EM vs ML-EM vs T-Stitch: cost, strong error, PNG grids", _demo)
-    demo.add_argument("--count", type=_positive, default=8, help="images per method")
-    demo.add_argument("--out-dir", default=".", help="folder of the PNG grids")
+    demo = command("demo", "EM vs ML-EM vs T-Stitch: cost, strong error, samples side by "
+                   "side and the cost-error frontier (PNGs)", _demo)
+    demo.add_argument("--count", type=_positive, default=64, help="images per method")
+    demo.add_argument("--out-dir", default=".", help="folder of the PNGs")
+    demo.add_argument("--quick", action="store_true",
+                      help="fewer and shorter runs (4 to 16 steps), for a smoke test")
 
     bench = command("bench", "time each level and EM vs ML-EM sampling side by side", _bench)
     bench.add_argument("--count", type=_positive, default=16, help="images per batch")
@@ -280,7 +284,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command; errors in the arguments or the files are one line on stderr."""
+    """Run the command; errors in the arguments or the files, and a missing extra, are
+    one line on stderr."""
     arguments = _parser().parse_args(argv)
     if getattr(arguments, "out", None) and arguments.command == "sample" and \
             Path(arguments.out).suffix not in (".png", ".npz"):
@@ -288,8 +293,12 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
+        if "checkpoints" in arguments and arguments.checkpoints is None:
+            from .diffusion.levels import CHECKPOINTS
+
+            arguments.checkpoints = str(CHECKPOINTS)
         arguments.run(arguments)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, ModuleNotFoundError) as error:
         print(f"mlem-jax: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -26,6 +26,7 @@ from ._sharding import BATCH, batch_mesh, batch_sharding
 from .diffusion.sample import initial_noise, sample
 from .diffusion.sde import ScoreDrift
 
+
 _ADDRESS = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
 

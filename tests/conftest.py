@@ -1,6 +1,20 @@
+import os
+from pathlib import Path
+
+
+# A persistent compilation cache, shared with the subprocesses the tests start (the CLI
+# and experiment runs, 4 devices, 2 processes): programs compiled more than once in a
+# run, or in an earlier run, are read back instead of compiled again.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", str(Path(__file__).parents[1] / ".pytest_cache" / "jax")
+)
+# The tests run small programs, most of them once: XLA's optimisation passes cost them
+# more time than they save.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+import chex
 import diffrax
 import jax
-import jax.numpy as jnp
 import pytest
 
 
@@ -24,7 +38,8 @@ def brownian_tree(key, t0, t1, shape, tol=2.0**-12):
 
 
 def assert_close(a, b, **kw):
+    """Same tree structure, shapes and (to float tolerance) values."""
     kw.setdefault("rtol", 1e-5)
     kw.setdefault("atol", 1e-6)
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        assert jnp.allclose(x, y, **kw), (x, y)
+    chex.assert_trees_all_equal_shapes(a, b)
+    chex.assert_trees_all_close(a, b, **kw)

@@ -6,6 +6,7 @@ import jax
 
 from mlem_jax.diffusion.unet import UNet
 
+
 IMAGE_SHAPE = (1, 8, 8)
 
 

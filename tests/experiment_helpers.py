@@ -7,12 +7,14 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+
 EXPERIMENTS = Path(__file__).parents[1] / "experiments"
 
 
 def load_experiment(name: str) -> ModuleType:
     """experiments/<name>.py as a module (its functions, without running main)."""
     spec = importlib.util.spec_from_file_location(f"{name}_experiment", EXPERIMENTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

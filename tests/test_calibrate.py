@@ -5,9 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import linear_levels
 
 import mlem_jax
+
+from conftest import linear_levels
 
 
 def test_level_statistics_are_exact_for_linear_levels():

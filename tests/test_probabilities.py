@@ -1,5 +1,7 @@
 """`optimal_probabilities`: the Lagrange solution, its knobs, clipping, monotonicity."""
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -92,7 +94,7 @@ def test_unreachable_budget_gives_all_ones():
     ],
 )
 def test_bad_arguments(kwargs, match):
-    arguments = dict(
+    arguments: dict[str, Any] = dict(
         costs=COSTS, variances=VARIANCES, top_level_evaluations=2, num_steps=100
     )
     arguments.update(kwargs)

@@ -1,6 +1,9 @@
 """Time-dependent probabilities p_l(t): schedules in `solve` and `MLEM`, their optimiser
 and the time-binned calibration they come from."""
 
+from typing import Any
+
+import chex
 import diffrax
 import equinox as eqx
 import jax
@@ -8,9 +11,10 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 import pytest
-from conftest import assert_close, brownian_tree, linear_levels
 
 import mlem_jax
+
+from conftest import assert_close, brownian_tree, linear_levels
 
 
 RATES = [1.0, 1.2, 1.3]
@@ -125,7 +129,8 @@ def test_optimal_schedule_is_one_global_multiplier_of_sqrt_v_over_c():
     variances = np.stack([1.0 + 9 * (ts < 0.1), 0.1 + 2.0 * (ts < 0.1)], axis=1)
     p = mlem_jax.optimal_probabilities(COSTS, variances, top_level_evaluations=3,
                                        num_steps=50)
-    assert p.shape == (50, 3) and (p[:, 0] == 1).all()
+    chex.assert_shape(p, (50, 3))
+    assert (p[:, 0] == 1).all()
     assert np.isclose(p[:, -1].sum(), 3.0)
     ratio = p[:, 1:] / np.sqrt(variances / COSTS[1:])
     assert np.allclose(ratio, ratio[0, 0])  # nothing is clipped here
@@ -209,7 +214,9 @@ def test_error_sensitivity_is_exact_for_a_linear_drift(t0, t1, noisy):
     # EM on f = -a y: X_N = (1 - h a)^(N - 1 - n) X_{n+1}, in every direction.
     a, num_steps = 2.0, 10
     h = abs(t1 - t0) / num_steps
-    extra = dict(diffusion=lambda t, y, args: 0.5, brownian=jax.random.key(1)) if noisy else {}
+    extra: dict[str, Any] = {}
+    if noisy:
+        extra = dict(diffusion=lambda t, y, args: 0.5, brownian=jax.random.key(1))
     ts, w = mlem_jax.error_sensitivity(lambda t, y, args: -a * y * np.sign(t1 - t0),
                                        jnp.ones(5), t0, t1, num_steps, **extra)
     assert np.allclose(ts, np.asarray(mlem_jax.step_times(t0, t1, num_steps)))

@@ -17,6 +17,10 @@ import jax.numpy as jnp
 import pytest
 
 import mlem_jax
+from mlem_jax.diffusion.checkpoint import save_model
+
+from diffusion_helpers import IMAGE_SHAPE, tiny_unets
+
 
 DEVICES = 4
 TIMEOUT = 240
@@ -26,8 +30,9 @@ SCRIPT = textwrap.dedent('''
     import jax, jax.numpy as jnp, numpy as np
     import mlem_jax
     from mlem_jax.diffusion.brownian import grid_brownian_path
+    from mlem_jax.diffusion.levels import load_levels
     from mlem_jax.diffusion.sample import T_MIN, initial_noise, sample, score_levels
-    from diffusion_helpers import IMAGE_SHAPE, tiny_unets
+    from diffusion_helpers import IMAGE_SHAPE
 
     out = {"devices": jax.device_count(),
            "partitionable": bool(jax.config.jax_threefry_partitionable)}
@@ -44,7 +49,7 @@ SCRIPT = textwrap.dedent('''
 
     # Diffusion ML-EM, Brownian increments drawn from a key; the compiled programs also
     # show that the partitioned one keeps its conditionals (the skipped levels).
-    levels = score_levels(tiny_unets(), "sde")
+    levels = score_levels(load_levels(sys.argv[1])[0], "sde")  # the tiny UNets
     x1 = initial_noise(jax.random.key(1), 8, IMAGE_SHAPE)
     xs = mlem_jax.shard_batch(x1, mesh)
     def mlem(x):
@@ -62,7 +67,8 @@ SCRIPT = textwrap.dedent('''
     path = grid_brownian_path(jax.random.key(2), x1.shape, 8, T_MIN)
     kw = dict(key=jax.random.key(3), brownian=path, probabilities=(1.0, 0.3), saveat="steps")
     single = sample("mlem", levels, x1, 8, **kw)
-    sharded = sample("mlem", levels, xs, 8, **{**kw, "brownian": mlem_jax.shard_batch(path, mesh, axis=1)})
+    sharded_path = mlem_jax.shard_batch(path, mesh, axis=1)
+    sharded = sample("mlem", levels, xs, 8, **{**kw, "brownian": sharded_path})
     compare("mlem_path_steps", sharded.ys, single.ys)
 
     # Skipping survives sharding: each level runs (a host callback counts it) only at the
@@ -112,14 +118,17 @@ SCRIPT = textwrap.dedent('''
 
 
 @pytest.fixture(scope="module")
-def four_devices() -> dict:
+def four_devices(tmp_path_factory) -> dict:
+    checkpoints = tmp_path_factory.mktemp("tiny_unets")
+    for model in tiny_unets():  # built once here, loaded there
+        save_model(checkpoints / f"unet_w{model.width}", model, image_shape=list(IMAGE_SHAPE))
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}",
                JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = os.pathsep.join(
         [str(Path(__file__).parent), env.get("PYTHONPATH", "")]
     )
-    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=TIMEOUT)
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(checkpoints)], env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     line = next(ln for ln in done.stdout.splitlines() if ln.startswith("RESULT"))
     return json.loads(line[len("RESULT"):])

@@ -4,9 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import linear_levels
 
 import mlem_jax
+
+from conftest import linear_levels
 
 
 Y0 = jnp.ones(3)

@@ -1,4 +1,20 @@
-"""Diffusion models for ML-EM: UNet levels, the VP-SDE, training, sampling, metrics."""
+"""Diffusion models for ML-EM: UNet levels, the VP-SDE, training, sampling, metrics.
+
+Needs the `diffusion` extra: `pip install 'mlem-jax[diffusion]'`.
+"""
+
+import importlib.util
+
+
+_EXTRA = ("optax", "mlxtend", "sklearn", "tqdm", "matplotlib")
+_missing = [name for name in _EXTRA if importlib.util.find_spec(name) is None]
+if _missing:
+    raise ModuleNotFoundError(
+        f"`mlem_jax.diffusion` needs the `diffusion` extra, which provides "
+        f"{', '.join(_missing)}: pip install 'mlem-jax[diffusion]'",
+        name=_missing[0],
+    )
+del _missing
 
 from .brownian import grid_brownian_path
 from .calibrate import calibrate, probabilities_for, read_calibration, write_calibration
@@ -8,10 +24,15 @@ from .data import ImageSplit, load_dataset, load_digits, load_mnist
 from .levels import CHECKPOINTS, WIDTHS, build_family, load_levels, train_levels
 from .metrics import classifier_features, frechet_distance, quality_score, strong_error
 from .sample import (
-    T_MIN, initial_noise, method_cost, sample, score_levels, stitch_evaluations,
+    T_MIN,
+    initial_noise,
+    method_cost,
+    sample,
+    score_levels,
+    stitch_evaluations,
     stitch_switch,
 )
-from .sde import ScoreDrift, StitchedDrift, VPSDE, reverse_drift
+from .sde import VPSDE, ScoreDrift, StitchedDrift, reverse_drift
 from .train import TrainConfig, TrainState, dsm_loss, train
 from .unet import UNet, parameter_count
 
@@ -24,5 +45,6 @@ __all__ = [
     "load_digits", "load_levels", "load_mnist", "load_model", "method_cost",
     "parameter_count", "probabilities_for", "quality_score", "read_calibration",
     "reverse_drift", "sample", "save_model", "score_levels", "stitch_evaluations",
-    "stitch_switch", "train", "train_classifier", "train_levels", "write_calibration",
+    "stitch_switch", "strong_error", "train", "train_classifier", "train_levels",
+    "write_calibration",
 ]

@@ -16,6 +16,7 @@ from .latent_models import ResidualMLP
 from .sde import VPSDE
 from .unet import UNet, parameter_count
 
+
 FORMAT = 1
 
 

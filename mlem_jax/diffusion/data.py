@@ -61,8 +61,9 @@ def load_digits(split: str = "train", *, held_out: float = 0.2, seed: int = 0) -
     """
     from sklearn.datasets import load_digits as sklearn_digits
 
-    digits = sklearn_digits()
-    return _split(_to_images(digits.data, 8, 0, 16.0), digits.target, split, held_out, seed)
+    pixels, labels = sklearn_digits(return_X_y=True)
+    return _split(_to_images(np.asarray(pixels), 8, 0, 16.0), np.asarray(labels), split,
+                  held_out, seed)
 
 
 def load_dataset(name: str, split: str = "train") -> ImageSplit:

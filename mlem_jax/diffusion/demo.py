@@ -3,6 +3,7 @@ T-Stitch on the shipped UNets."""
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -13,7 +14,7 @@ from .._calibrate import level_costs
 from .._timing import interleaved_median_seconds
 from .brownian import grid_brownian_path
 from .calibrate import calibrate, probabilities_for, read_calibration, schedule_for
-from .images import save_samples
+from .figures import frontier_figure, sample_panels
 from .levels import CHECKPOINTS, load_levels
 from .metrics import strong_error
 from .runner import Setting, compile_sampler, run_setting
@@ -45,62 +46,120 @@ def prepare(directory: str | os.PathLike = CHECKPOINTS, kind: str = "sde", seed:
 def demo_settings(calibration: dict, em_steps: int = 32, mlem_steps: int = 64,
                   top_level_evaluations: float = 8.0) -> list[Setting]:
     """EM with the largest UNet, ML-EM with all of them (the largest drawn about
-    `top_level_evaluations` times) with constant p_l, with p_l(t) on the
-    sensitivity-weighted v_l(t) and with stratified draws, T-Stitch (half the time span
-    on the second largest)."""
-    schedule = schedule_for(calibration, mlem_steps, top_level_evaluations, weighted=True)
+    `top_level_evaluations` times) with constant p_l, with stratified draws and with
+    p_l(t) on the sensitivity-weighted v_l(t), T-Stitch (half the time span on the
+    second largest)."""
+    m = top_level_evaluations
+    schedule = schedule_for(calibration, mlem_steps, m, weighted=True)
     return [
         Setting("em", em_steps, label=f"EM, largest UNet, {em_steps} steps"),
+        Setting("mlem", mlem_steps, probabilities_for(calibration, mlem_steps, m),
+                label=f"ML-EM, {mlem_steps} steps, m={m:g}"),
         Setting("mlem", mlem_steps,
-                probabilities_for(calibration, mlem_steps, top_level_evaluations),
-                label=f"ML-EM, {mlem_steps} steps, m={top_level_evaluations:g}"),
+                probabilities_for(calibration, mlem_steps, m, "stratified"),
+                label=f"ML-EM stratified, {mlem_steps} steps, m={m:g}", draws="stratified"),
         Setting("mlem", mlem_steps, tuple(map(tuple, schedule.tolist())),
-                label=f"ML-EM p(t), {mlem_steps} steps, m={top_level_evaluations:g}"),
-        Setting("mlem", mlem_steps,
-                probabilities_for(calibration, mlem_steps, top_level_evaluations, "stratified"),
-                label=f"ML-EM stratified, {mlem_steps} steps, m={top_level_evaluations:g}",
-                draws="stratified"),
+                label=f"ML-EM p(t), {mlem_steps} steps, m={m:g}"),
         Setting("tstitch", em_steps, switch=stitch_switch(0.5),
                 label=f"T-Stitch 50%, {em_steps} steps"),
     ]
 
 
-def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 8, seed: int = 0,
-             out_dir: str | os.PathLike = ".", reference_steps: int = 128) -> list[dict]:
-    """Sample with EM, ML-EM (p_l, p_l(t), stratified draws) and T-Stitch from the same
-    noise and Brownian path; print cost and strong error against a fine EM reference;
-    write one PNG grid per method.
+def frontier_settings(calibration: dict, em_steps: Sequence[int], mlem_steps: int,
+                      budgets: Sequence[float]) -> dict[str, list[Setting]]:
+    """EM at each of `em_steps`, ML-EM with `mlem_steps` steps and each budget m of
+    top-level evaluations (constant p_l, random and stratified draws)."""
+    def mlem(m: float, draws: str) -> Setting:
+        p = probabilities_for(calibration, mlem_steps, m, draws)
+        return Setting("mlem", mlem_steps, p, label=f"m={m:g}", draws=draws)
+
+    return {
+        "EM, largest UNet": [Setting("em", n, label=f"N={n}") for n in em_steps],
+        f"ML-EM, {mlem_steps} steps": [mlem(m, "random") for m in budgets],
+        f"ML-EM stratified, {mlem_steps} steps": [mlem(m, "stratified") for m in budgets],
+    }
+
+
+# EM steps, ML-EM steps, top-level evaluations m, reference steps; the frontier's EM
+# steps and budgets m.
+_FULL = (32, 64, 8.0, 128, (8, 16, 32, 64), (2.0, 4.0, 8.0, 16.0, 32.0))
+_QUICK = (4, 8, 2.0, 16, (4, 8), (2.0,))
+
+
+def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 64, seed: int = 0,
+             out_dir: str | os.PathLike = ".", quick: bool = False) -> dict:
+    """Sample with EM, ML-EM (constant p_l, stratified draws, p_l(t)) and T-Stitch from
+    the same noise and Brownian path, and with EM and ML-EM at several costs; print
+    cost and strong error against a fine EM reference; write the samples side by side
+    (`demo_samples.png`) and the cost-error frontier (`demo_frontier.png`).
+
+    **Arguments:**
+
+    - `directory`: the UNet checkpoints (and their `calibration.json`).
+    - `count`: images per method (64 fill the 8x8 grids).
+    - `seed`: PRNG seed of the noise, the Brownian path and the level draws.
+    - `out_dir`: where the PNGs go.
+    - `quick`: fewer and shorter runs (4 to 16 steps), for a smoke test.
 
     **Returns:**
 
-    One dict per method: label, GFLOPs per image, seconds, strong error, PNG path.
+    A dict: `rows` (one per method: label, GFLOPs per image, seconds, strong error),
+    `frontier` (curve name -> such rows) and the paths of the two PNGs.
     """
     start = time.perf_counter()
+    em_steps, mlem_steps, m, reference_steps, frontier_steps, budgets = (
+        _QUICK if quick else _FULL)
     levels, image_shape, calibration = prepare(directory, "sde", seed)
     noise_key, path_key, draw_key = jax.random.split(jax.random.key(seed), 3)
     x1 = initial_noise(noise_key, count, image_shape)
     path = grid_brownian_path(path_key, x1.shape, reference_steps, T_MIN)
-    flops = calibration["flops"]
-    reference = run_setting(Setting("em", reference_steps), levels, x1, path, None, flops)
-    rows = []
-    for setting in demo_settings(calibration):
-        outcome = run_setting(setting, levels, x1, path, draw_key, flops)
-        name = (setting.method + ("_schedule" if np.ndim(setting.probabilities) == 2 else "")
-                + ("_stratified" if setting.draws == "stratified" else ""))
-        png = save_samples(Path(out_dir) / f"demo_{name}.png", outcome.samples)
-        rows.append({"method": setting.label, "gflops": outcome.flops / 1e9,
-                     "seconds": outcome.seconds,
-                     "error": strong_error(outcome.samples, reference.samples),
-                     "png": str(png)})
-    print(f"{'method':<32} {'GFLOP/image':>12} {'seconds':>8} {'strong error':>13}")
+    flops, cache, outcomes = calibration["flops"], {}, {}
+
+    def run(setting: Setting) -> tuple[dict, np.ndarray]:
+        key = setting._replace(label="")
+        if key not in outcomes:
+            outcomes[key] = run_setting(setting, levels, x1, path, draw_key, flops, cache)
+        outcome = outcomes[key]
+        error = strong_error(outcome.samples, reference.samples)
+        return ({"method": setting.label, "gflops": outcome.flops / 1e9,
+                 "seconds": outcome.seconds, "error": error}, outcome.samples)
+
+    reference = run_setting(Setting("em", reference_steps), levels, x1, path, None, flops, cache)
+    runs = [run(setting) for setting in demo_settings(calibration, em_steps, mlem_steps, m)]
+    rows = [row for row, _ in runs]
+    frontier = {name: [run(setting)[0] for setting in settings] for name, settings in
+                frontier_settings(calibration, frontier_steps, mlem_steps, budgets).items()}
+
+    width = max(len(row["method"]) for row in rows)
+    print(f"{'method':<{width}} {'GFLOP/image':>12} {'seconds':>8} {'strong error':>13}")
     for row in rows:
-        print(f"{row['method']:<32} {row['gflops']:>12.3f} {row['seconds']:>8.2f} "
+        print(f"{row['method']:<{width}} {row['gflops']:>12.3f} {row['seconds']:>8.2f} "
               f"{row['error']:>13.3f}")
+    print("cost-error frontier:")
+    for name, points in frontier.items():
+        print(f"  {name}: " + ", ".join(
+            f"{p['method']} {p['gflops']:.3f} GFLOP {p['error']:.2f}" for p in points))
+
+    out_dir = Path(out_dir)
+    titles = [f"{row['method']}\n{row['gflops']:.2f} GFLOP/image, {row['seconds']:.2f} s, "
+              f"error {row['error']:.2f}" for row in rows]
+    samples = sample_panels(
+        out_dir / "demo_samples.png", [s for _, s in runs] + [reference.samples],
+        titles + [f"Reference: EM, largest UNet, {reference_steps} steps\n"
+                  f"{reference.flops / 1e9:.2f} GFLOP/image, {reference.seconds:.2f} s"])
+    curves = {name: [(p["gflops"], p["error"], p["method"]) for p in points]
+              for name, points in frontier.items()}
+    for row in rows[3:]:  # ML-EM p(t), T-Stitch
+        curves[row["method"]] = [(row["gflops"], row["error"], "")]
+    figure = frontier_figure(
+        out_dir / "demo_frontier.png", curves,
+        title=f"{count} images from the same noise and Brownian path; strong error against "
+              f"EM with {reference_steps} steps")
     print(f"reference: EM, largest UNet, {reference_steps} steps; {count} images; "
-          f"gamma = {calibration['gamma'] or float('nan'):.2f}; PNGs: "
-          + ", ".join(row["png"] for row in rows)
-          + f"; {time.perf_counter() - start:.0f} s in all")
-    return rows
+          f"gamma = {calibration['gamma'] or float('nan'):.2f}; wrote {samples} and "
+          f"{figure}; {time.perf_counter() - start:.0f} s in all")
+    return {"rows": rows, "frontier": frontier, "samples_png": str(samples),
+            "frontier_png": str(figure)}
 
 
 def run_bench(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 16,

@@ -3,6 +3,7 @@
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import equinox as eqx
 import jax
@@ -11,6 +12,7 @@ from .checkpoint import CheckpointError, load_model, save_model
 from .data import load_dataset
 from .train import TrainConfig, TrainState, train
 from .unet import UNet
+
 
 WIDTHS = (2, 4, 8, 16)
 MULTIPLIERS = (1, 2, 2)
@@ -151,4 +153,4 @@ def load_levels(directory: str | os.PathLike = CHECKPOINTS, widths: Sequence[int
     for w, (model, _) in zip(widths, loaded):
         if model.width != w:
             raise CheckpointError(f"{level_name(w)} in {directory} holds width {model.width}.")
-    return [m for m, _ in loaded], [manifest for _, manifest in loaded]
+    return [cast(UNet, m) for m, _ in loaded], [manifest for _, manifest in loaded]

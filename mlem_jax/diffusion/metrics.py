@@ -8,7 +8,7 @@ from jaxtyping import Array
 from .classifier import Classifier
 
 
-def strong_error(samples: Array, reference: Array) -> float:
+def strong_error(samples: Array | np.ndarray, reference: Array | np.ndarray) -> float:
     """RMS over the batch of the per-image Euclidean distance to the reference samples
     (same initial noise, same Brownian path)."""
     if samples.shape != reference.shape:
@@ -20,7 +20,7 @@ def strong_error(samples: Array, reference: Array) -> float:
     return float(jnp.sqrt(jnp.mean(squared)))
 
 
-def classifier_features(model: Classifier, images: Array, batch_size: int = 500
+def classifier_features(model: Classifier, images: Array | np.ndarray, batch_size: int = 500
                         ) -> np.ndarray:
     """`model.features` of every image, (n, f), in batches of `batch_size`."""
     run = jax.jit(jax.vmap(model.features))
@@ -48,7 +48,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(mean + np.trace(cov_a) + np.trace(cov_b) - 2.0 * cross)
 
 
-def quality_score(model: Classifier, samples: Array, held_out: np.ndarray) -> float:
+def quality_score(model: Classifier, samples: Array | np.ndarray, held_out: np.ndarray
+                  ) -> float:
     """FID-style score of `samples` against the held-out images (lower is better)."""
     return frechet_distance(classifier_features(model, samples),
                             classifier_features(model, held_out))

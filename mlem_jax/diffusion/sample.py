@@ -4,14 +4,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
 from .._family import FamilyLevel, LevelFamily, marginal_costs
 from .._solve import Solution, solve
-from .sde import ScoreDrift, StitchedDrift, VPSDE
+from .sde import VPSDE, ScoreDrift, StitchedDrift
 from .unet import UNet
+
 
 T_MIN = 1e-3
 METHODS = ("em", "mlem", "tstitch")
@@ -147,6 +147,8 @@ def method_cost(method: str, evaluations: Any, level_costs: Any, num_steps: int,
     if method == "mlem":
         return float(np.asarray(evaluations) @ (marginal_costs(costs) if shared else costs))
     if method == "tstitch":
+        if switch is None:
+            raise ValueError("`switch` is required for method 'tstitch'.")
         counts = stitch_evaluations(num_steps, switch, t_min)
         return float(counts @ costs[[small, -1]])
     return float(num_steps * costs[-1])

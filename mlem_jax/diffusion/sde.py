@@ -9,6 +9,7 @@ from jaxtyping import Array, Float
 
 from .unet import UNet
 
+
 KINDS = ("sde", "ode")
 
 

@@ -2,6 +2,7 @@
 or distillation of several UNets from a teacher UNet, with the same loop."""
 
 import functools
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from .checkpoint import load_tree, save_tree
 from .sde import VPSDE
 from .unet import UNet
+
 
 T_EPS = 1e-3  # smallest training time, the samplers' t_min
 
@@ -166,7 +168,7 @@ def train(
     *,
     sde: VPSDE = VPSDE(),
     teacher: UNet | None = None,
-    state_path: str | Path | None = None,
+    state_path: str | os.PathLike | None = None,
     save_every: int = 250,
     on_save: Callable[[TrainState], None] | None = None,
     progress: bool = True,

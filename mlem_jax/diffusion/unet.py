@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+
 EMBEDDING_DIM = 32  # sinusoidal features of t, fixed across widths
 
 
@@ -46,6 +47,7 @@ def group_norm_channels_last(norm: eqx.nn.GroupNorm, x: Float[Array, "h w c"]) -
     mean = jnp.mean(y, axis=(0, 1, 3), keepdims=True)
     variance = jnp.maximum(0.0, jnp.var(y, axis=(0, 1, 3), keepdims=True))
     out = ((y - mean) * jax.lax.rsqrt(variance + norm.eps)).reshape(x.shape)
+    assert norm.weight is not None and norm.bias is not None  # channelwise_affine
     return (norm.weight.astype(dtype) * out + norm.bias.astype(dtype)).astype(x.dtype)
 
 
@@ -133,7 +135,8 @@ class UNet(eqx.Module):
         self.norm_out = eqx.nn.GroupNorm(_groups(width), width)
         self.conv_out = eqx.nn.Conv2d(width, channels, 3, padding=1, key=next(keys))
 
-    def __call__(self, t: Float[Array, ""], x: Float[Array, "c h w"]) -> Float[Array, "c h w"]:
+    def __call__(self, t: float | Float[Array, ""], x: Float[Array, "c h w"]
+                 ) -> Float[Array, "c h w"]:
         """The predicted noise at time t for ONE image x (callers `vmap` over a batch)."""
         if x.ndim != 3 or x.shape[0] != self.channels:
             raise ValueError(
