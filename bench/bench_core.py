@@ -22,6 +22,7 @@ import lineax
 import numpy as np
 
 import mlem_jax
+from mlem_jax._brownian import NOISE_STREAM
 
 
 T, SIGMA = 1.0, 0.5
@@ -54,12 +55,14 @@ def diagonal_operator(t, y, args):
 
 
 def hand_written_em(drift, y0, num_steps, key):
-    """EM as one would write it by hand: increments from fold_in(key, n)."""
+    """EM as one would write it by hand: increments from fold_in(stream, n), with the
+    noise stream of `key` that `solve` uses."""
     dt = T / num_steps
+    stream = jax.random.fold_in(key, NOISE_STREAM)
 
     def body(carry, _):
         n, y = carry
-        dw = jnp.sqrt(dt) * jax.random.normal(jax.random.fold_in(key, n), y.shape, y.dtype)
+        dw = jnp.sqrt(dt) * jax.random.normal(jax.random.fold_in(stream, n), y.shape, y.dtype)
         return (n + 1, y + dt * drift(n * dt, y, None) + SIGMA * dw), None
 
     return jax.lax.scan(body, (0, y0), None, length=num_steps)[0][1]

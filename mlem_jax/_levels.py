@@ -27,7 +27,8 @@ def draw_levels(
 
     - `key`: the trajectory's PRNG key of the level draws, the same at every step; keep
         it unbatched under `vmap` so the whole batch takes the same branch and skipped
-        levels are really skipped.
+        levels are really skipped. (Key-drawn Brownian increments come from another
+        stream of their key, so it may also be `solve`'s `brownian`.)
     - `probabilities`: p_1..p_K with p_1 == 1.
     - `coupling`: `"nested"` compares one uniform U with every p_l, B_l = 1{U < p_l}, so
         the drawn levels are always 1..L; `"independent"` uses one uniform per level.

@@ -180,9 +180,10 @@ def solve(
     - `diffusion`: `g(t, y, args)`, broadcasting against `y` leaf by leaf (diagonal or
         scalar noise, applied as g * dW). None solves an ODE.
     - `key`: PRNG key of the level draws; required when K > 1.
-    - `brownian`: a PRNG key (increments N(0, |dt|) from `fold_in(key, n)`) or a diffrax
-        `AbstractBrownianPath` (increments W(t_{n+1}) - W(t_n), shared across step
-        counts). Required exactly when `diffusion` is given.
+    - `brownian`: a PRNG key (increments N(0, |dt|) from a stream of their own,
+        `fold_in(fold_in(key, NOISE_STREAM), n)`, so the same key as `key` is fine) or a
+        diffrax `AbstractBrownianPath` (increments W(t_{n+1}) - W(t_n), shared across
+        step counts). Required exactly when `diffusion` is given.
     - `args`: passed to every level and to `diffusion`.
     - `coupling`: `"nested"` (default) or `"independent"`.
     - `draws`: `"random"` (default: independent draws at every step, the method as
