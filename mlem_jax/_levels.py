@@ -102,6 +102,12 @@ def _zeros_like(tree: PyTree) -> PyTree:
     return jtu.tree_map(jnp.zeros_like, tree)
 
 
+def _widened(tree: PyTree) -> PyTree:
+    """`tree` in at least float32, where the corrections are formed: in bfloat16, p_l
+    itself would round (0.3 -> 0.30078) and bias every correction by as much."""
+    return jtu.tree_map(lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32)), tree)
+
+
 def multilevel_drift(
     levels: Sequence[Callable],
     probabilities: Float[Array, " K"],
@@ -117,13 +123,15 @@ def multilevel_drift(
     evaluated inside `lax.cond` on an unbatched predicate, so a level that is not needed
     costs nothing, also under `vmap` over `y`. Under the nested coupling the conds are
     nested (level l + 1 is only considered once level l was drawn), so a step that draws
-    L levels pays for L + 1 conds, not K.
+    L levels pays for L + 1 conds, not K. The corrections and their sum are formed in at
+    least float32, so for a bfloat16 or float16 state E[F] = f^K to float32 accuracy.
 
     **Returns:**
 
-    `(F, evaluated)`, where `evaluated[l]` says whether f^l was computed.
+    `(F, evaluated)`, where `evaluated[l]` says whether f^l was computed. F has the
+    structure of `y`, in y's dtypes promoted to at least float32.
     """
-    first = levels[0](t, y, args)
+    first = _widened(levels[0](t, y, args))
     if coupling == "nested":
         corrections = _nested_corrections(levels, probabilities, drawn, t, y, args, 1, first)
         return jtu.tree_map(jnp.add, first, corrections), drawn
@@ -140,7 +148,7 @@ def _nested_corrections(levels, probabilities, drawn, t, y, args, index, lower):
         return _zeros_like(lower)
 
     def evaluate():
-        upper = levels[index](t, y, args)
+        upper = _widened(levels[index](t, y, args))
         rest = _nested_corrections(levels, probabilities, drawn, t, y, args, index + 1, upper)
         own = _scaled_difference(upper, lower, probabilities[index])
         return jtu.tree_map(jnp.add, own, rest)
@@ -156,7 +164,7 @@ def _independent_drift(levels, probabilities, drawn, t, y, args, first):
         values.append(
             lax.cond(
                 evaluated[index],
-                lambda lv=levels[index]: lv(t, y, args),
+                lambda lv=levels[index]: _widened(lv(t, y, args)),
                 lambda: _zeros_like(first),
             )
         )

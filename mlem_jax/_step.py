@@ -149,7 +149,8 @@ def build_step(
                 used, p[..., index], drawn[..., index], t, state.y, args, coupling
             )
             evaluated = jnp.zeros(len(levels), bool).at[index].set(evaluated_used)
-        y = jtu.tree_map(lambda y, f: y + (dt * f).astype(y.dtype), state.y, drift)
+        # In the drift's dtype (at least float32), rounded to the state's once.
+        y = jtu.tree_map(lambda y, f: (y + dt * f).astype(y.dtype), state.y, drift)
         if noise is not None:
             y = jtu.tree_map(jnp.add, y, noise(t, state.y, args, dw))
         evaluations = state.evaluations + evaluated.astype(jnp.int32)
