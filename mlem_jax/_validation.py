@@ -37,6 +37,12 @@ def check_draws(draws: Any) -> None:
         raise ValueError(f"`draws` must be one of {DRAWS}, got {draws!r}.")
 
 
+def check_throw(throw: Any) -> bool:
+    if not isinstance(throw, (bool, np.bool_)):
+        raise TypeError(f"`throw` must be a bool, got {type(throw).__name__} {throw!r}.")
+    return bool(throw)
+
+
 def check_levels(levels: Any) -> tuple[Callable, ...]:
     if callable(levels) or not isinstance(levels, Sequence):
         raise TypeError(
