@@ -113,3 +113,11 @@ def error_if_failed(out: PyTree, failed: Int[Array, " G"],
 
     # Unbatched under vmap, so the cond stays a cond.
     return lax.cond(eqxi.unvmap_any(failed >= 0), fail, lambda out: out, out)
+
+
+def throw_message(error: BaseException) -> str | None:
+    """The message of a `throw=True` error (from its long runtime-error text), else None."""
+    for line in str(error).splitlines():
+        if "throw=True: " in line:
+            return line[line.index("throw=True: "):]
+    return None

@@ -20,12 +20,14 @@ from .runner import Setting, compile_sampler, run_setting
 from .sample import T_MIN, initial_noise, score_levels, stitch_switch
 
 
-def prepare(directory: str | os.PathLike = CHECKPOINTS, kind: str = "sde", seed: int = 0
+def prepare(directory: str | os.PathLike = CHECKPOINTS, kind: str = "sde", seed: int = 0,
+            calibration: str | os.PathLike | None = None
             ) -> tuple[list, tuple[int, ...], dict]:
     """Load the levels of `directory` as `kind` drifts and their calibration.
 
-    The calibration is read from `<directory>/calibration.json` (written by
-    `mlem-jax calibrate`), or measured now on a short run when it is missing.
+    The calibration is read from the file `calibration` (default
+    `<directory>/calibration.json`; both as written by `mlem-jax calibrate`), or
+    measured now on a short run when it is missing.
 
     **Returns:**
 
@@ -34,7 +36,8 @@ def prepare(directory: str | os.PathLike = CHECKPOINTS, kind: str = "sde", seed:
     models, manifests = load_levels(directory)
     levels = score_levels(models, kind)
     image_shape = tuple(manifests[-1]["image_shape"])
-    calibration = read_calibration(Path(directory) / "calibration.json", kind)
+    path = Path(directory) / "calibration.json" if calibration is None else calibration
+    calibration = read_calibration(path, kind)
     if (calibration is None or len(calibration["flops"]) != len(levels)
             or "profile" not in calibration):
         calibration = calibrate(levels, jax.random.key(seed), image_shape, count=8,
@@ -66,7 +69,8 @@ def demo_settings(calibration: dict, em_steps: int = 32, mlem_steps: int = 64,
 
 
 def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 8, seed: int = 0,
-             out_dir: str | os.PathLike = ".", reference_steps: int = 128) -> list[dict]:
+             out_dir: str | os.PathLike = ".", reference_steps: int = 128,
+             calibration: str | os.PathLike | None = None) -> list[dict]:
     """Sample with EM, ML-EM (p_l, p_l(t), stratified draws) and T-Stitch from the same
     noise and Brownian path; print cost and strong error against a fine EM reference;
     write one PNG grid per method.
@@ -76,7 +80,7 @@ def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 8, seed
     One dict per method: label, GFLOPs per image, seconds, strong error, PNG path.
     """
     start = time.perf_counter()
-    levels, image_shape, calibration = prepare(directory, "sde", seed)
+    levels, image_shape, calibration = prepare(directory, "sde", seed, calibration)
     noise_key, path_key, draw_key = jax.random.split(jax.random.key(seed), 3)
     x1 = initial_noise(noise_key, count, image_shape)
     path = grid_brownian_path(path_key, x1.shape, reference_steps, T_MIN)
@@ -104,14 +108,15 @@ def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 8, seed
 
 
 def run_bench(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 16,
-              num_steps: int = 64, repeats: int = 3, seed: int = 0) -> dict:
+              num_steps: int = 64, repeats: int = 3, seed: int = 0,
+              calibration: str | os.PathLike | None = None) -> dict:
     """Per-level cost, and EM vs ML-EM sampling with the same step count timed in turns.
 
     **Returns:**
 
     A dict with per-image FLOPs and seconds per level and the two sampling times.
     """
-    levels, image_shape, calibration = prepare(directory, "sde", seed)
+    levels, image_shape, calibration = prepare(directory, "sde", seed, calibration)
     noise_key, path_key, draw_key = jax.random.split(jax.random.key(seed), 3)
     x1 = initial_noise(noise_key, count, image_shape)
     costs = level_costs(levels, 1.0, x1, repeats=repeats * 5)
