@@ -118,7 +118,10 @@ def _sample(a: argparse.Namespace) -> None:
     probabilities = (probabilities_for(calibration, a.steps, a.top_evaluations, a.draws)
                      if a.method == "mlem" else None)
     switch = stitch_switch(a.stitch_fraction) if a.method == "tstitch" else None
-    setting = Setting(a.method, a.steps, probabilities, switch, draws=a.draws)
+    if a.count % a.groups:
+        raise ValueError(f"--groups must divide --count {a.count}, got {a.groups}")
+    setting = Setting(a.method, a.steps, probabilities, switch, draws=a.draws,
+                      groups=a.groups)
     x1 = initial_noise(noise_key, a.count, image_shape)
     outcome = run_setting(setting, levels, x1, path_key, draw_key, calibration["flops"])
     path = save_samples(a.out, outcome.samples)
@@ -257,6 +260,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="ML-EM: expected evaluations of the largest UNet per run")
     smp.add_argument("--draws", choices=("random", "stratified"), default="random",
                      help="ML-EM: independent level draws at every step, or spread evenly")
+    smp.add_argument("--groups", type=_positive, default=1,
+                     help="ML-EM: groups of the samples with level draws of their own (a "
+                          "divisor of --count); with 1 (default) every sample carries the "
+                          "same randomisation error, which statistics over the samples do "
+                          "not average out")
     smp.add_argument("--stitch-fraction", type=_fraction, default=0.5,
                      help="T-Stitch: share of the time span on the small UNet")
     smp.add_argument("--out", default="samples.png", help="output .png (grid) or .npz")

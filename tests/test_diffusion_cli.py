@@ -62,6 +62,8 @@ def test_bad_arguments_give_one_clear_line(capsys, tmp_path, checkpoints):
     _one_line_error(capsys, ["sample", "--out", "x.jpg"], "--out must end in .png or .npz")
     _one_line_error(capsys, ["sample", "--checkpoints", str(tmp_path / "none")],
                     "no UNet checkpoints")
+    _one_line_error(capsys, ["sample", "--checkpoints", str(checkpoints), "--count", "3",
+                             "--groups", "2"], "--groups must divide --count 3, got 2")
     (checkpoints / "unet_w2.eqx").write_bytes(b"garbage")
     _one_line_error(capsys, ["sample", "--checkpoints", str(checkpoints)], "corrupted")
 
@@ -77,7 +79,7 @@ def test_tiny_sample_run(checkpoints, tmp_path, capsys):
     png = tmp_path / "s.png"
     assert main(argv[:-1] + [str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert main(argv + ["--draws", "stratified"]) == 0
+    assert main(argv + ["--draws", "stratified", "--groups", "3"]) == 0
     assert "3 samples by mlem" in capsys.readouterr().out
 
 

@@ -47,6 +47,7 @@ class Outcome(NamedTuple):
 
 
 Sampler = Callable[[Sequence[ScoreDrift], Array, Any, PRNGKeyArray, Array | None], Solution]
+_COMPILED: dict = {}  # run_setting's samplers, by signature, when the caller keeps none
 
 
 def compile_sampler(setting: Setting, levels: Sequence[ScoreDrift], x1: Array,
@@ -100,10 +101,11 @@ def run_setting(setting: Setting, levels: Sequence[ScoreDrift], x1: Array, brown
     - `brownian`: a PRNG key or a Brownian path of the shape of `x1` (SDE levels).
     - `key`: PRNG key of the ML-EM level draws.
     - `flops`: FLOPs of one evaluation of each level per image, (K,).
-    - `cache`: a dict owned by the caller that keeps compiled samplers between calls
-        with the same method, steps, draws, groups, switch, needed levels and arguments
-        of the same structure, shapes, dtypes (levels' included) and sharding; each call
-        runs its own `levels`.
+    - `cache`: a dict that keeps compiled samplers between calls with the same method,
+        steps, draws, groups, switch, needed levels and arguments of the same structure,
+        shapes, dtypes (levels' included) and sharding; each call runs its own `levels`.
+        Default: one dict for the whole process, so a second call with the same shapes
+        does not compile again.
 
     **Returns:**
 
@@ -116,7 +118,7 @@ def run_setting(setting: Setting, levels: Sequence[ScoreDrift], x1: Array, brown
                  setting.switch, setting.small, needed, np.shape(setting.probabilities), x1.shape, x1.dtype,
                  getattr(x1, "sharding", None), type(brownian).__name__,
                  jax.tree_util.tree_structure(arrays), leaves)
-    cache = {} if cache is None else cache
+    cache = _COMPILED if cache is None else cache
     if signature not in cache:
         cache[signature] = compile_sampler(setting, levels, x1, brownian)
     run = cache[signature]
