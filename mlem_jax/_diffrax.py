@@ -236,6 +236,13 @@ class MLEM(diffrax.AbstractItoSolver):
     Brownian path): the draws are then shared by the whole batch, each level sits in a
     `lax.cond` on an unbatched predicate, and a level that is not drawn is really
     skipped. A batched key turns the `cond` into a `select` that evaluates every level.
+    Shared draws give every path the same randomisation error, which a mean over the
+    batch does not average out: for independent groups, `lax.map` over groups of
+    initial conditions, each `vmap`ped with a key of its own.
+
+    **Non-finite values:** `MLEM(key, throw=True)` stops at the first step whose new
+    state is not finite with an error naming the step, its time and the levels evaluated
+    there (see `mlem_jax.solve`).
 
     **Step sizes:** constant only (`dt0` with `ConstantStepSize`, or `StepTo`). The
     drift estimate is random, so there is no error estimate: adaptive controllers

@@ -43,7 +43,7 @@ class Solution(eqx.Module):
 
     ys: PyTree
     ts: Float[Array, "..."]
-    evaluations: Int[Array, " K"]
+    evaluations: Int[Array, " K"] | Float[Array, " K"]
     cost: Float[Array, ""] | None
 
 

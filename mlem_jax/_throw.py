@@ -78,7 +78,7 @@ def error_if_failed(out: PyTree, failed: Int[Array, " G"],
 
     **Arguments:**
 
-    - `out`: returned unchanged (the check is threaded onto it).
+    - `out`: returned unchanged (the check is tied to it).
     - `failed`: `failed_steps`' record.
     - `details`: `details(step, group) -> (t, evaluated)`, the step's start time and
         the bool (K,) of levels evaluated there by that group; traced for the failure
@@ -101,7 +101,7 @@ def error_if_failed(out: PyTree, failed: Int[Array, " G"],
         message = _describe(step[i], t[i], evaluated[i], group[i] if groups > 1 else -1)
         return np.full(batch, _MESSAGES.add(message), np.int32)
 
-    def fail(out):
+    def fail():
         first = jnp.where(failed >= 0, failed, jnp.iinfo(jnp.int32).max)
         group = jnp.argmin(first)
         step = first[group]
@@ -109,10 +109,15 @@ def error_if_failed(out: PyTree, failed: Int[Array, " G"],
         index = jax.pure_callback(
             record, jax.ShapeDtypeStruct((), jnp.int32), step, t, evaluated, group,
             vmap_method="broadcast_all")
-        return eqx.branched_error_if(out, True, index, _MESSAGES)
+        return eqx.branched_error_if(jnp.zeros((), jnp.int32), True, index, _MESSAGES)
 
-    # Unbatched under vmap, so the cond stays a cond.
-    return lax.cond(eqxi.unvmap_any(failed >= 0), fail, lambda out: out, out)
+    # The check is threaded onto a scalar, not onto `out` (a sharded batch would be
+    # gathered to pass through the error's callback), and `out` is made to depend on
+    # it by a select XLA cannot fold away, so it runs whenever `out` is used. Its
+    # predicate is unbatched under vmap, so the cond stays a cond.
+    token = lax.cond(eqxi.unvmap_any(failed >= 0), fail,
+                     lambda: jnp.zeros((), jnp.int32))
+    return jtu.tree_map(lambda x: jnp.where(token >= 0, x, jnp.zeros_like(x)), out)
 
 
 def throw_message(error: BaseException) -> str | None:
