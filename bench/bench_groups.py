@@ -16,14 +16,10 @@ level a group does not draw is skipped for that group).
 Run: python bench/bench_groups.py [--repeats 5] [--json bench/results/groups.json]
 """
 
-import argparse
-import json
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_core import BatchMLP, diffusion
+from bench_core import BatchMLP, command_line, diffusion
 
 import mlem_jax
 from mlem_jax.diffusion.calibrate import probabilities_for, read_calibration
@@ -83,20 +79,6 @@ def unets(repeats: int) -> list[dict]:
     return results
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    arguments = parser.parse_args()
-    device = jax.devices()[0]
-    print(f"device: {device.platform} ({device.device_kind})")
-    results = {"device": f"{device.platform} ({device.device_kind})",
-               "repeats": arguments.repeats, "mlp": mlp(arguments.repeats),
-               "unets": unets(arguments.repeats)}
-    if arguments.json:
-        arguments.json.parent.mkdir(parents=True, exist_ok=True)
-        arguments.json.write_text(json.dumps(results, indent=2) + "\n")
-
-
 if __name__ == "__main__":
-    main()
+    command_line(__doc__, lambda repeats: {"mlp": mlp(repeats), "unets": unets(repeats)},
+                 repeats=5)

@@ -14,14 +14,10 @@ per step. Goal: at most 1.1x.
 Run: python bench/bench_throw.py [--repeats 7] [--json bench/results/throw.json]
 """
 
-import argparse
-import json
-from pathlib import Path
-
 import diffrax
 import jax
 import jax.numpy as jnp
-from bench_core import BatchMLP, diffusion, sine_drift
+from bench_core import BatchMLP, command_line, diffusion, sine_drift
 
 import mlem_jax
 from mlem_jax.diffusion.calibrate import probabilities_for, read_calibration
@@ -29,12 +25,13 @@ from mlem_jax.diffusion.levels import CHECKPOINTS, load_levels
 from mlem_jax.diffusion.sample import initial_noise, sample, score_levels
 
 
-def solves(levels, num_steps, probabilities=None, noise=True):
+def solves(levels, num_steps, probabilities=None):
+    """The SDE solve of `levels`, jitted, with the check off and on."""
     def make(throw):
         return jax.jit(lambda y: mlem_jax.solve(
             levels, y, 0.0, 1.0, num_steps, probabilities=probabilities,
-            key=jax.random.key(6), throw=throw,
-            **(dict(diffusion=diffusion, brownian=jax.random.key(7)) if noise else {})).ys)
+            key=jax.random.key(6), diffusion=diffusion, brownian=jax.random.key(7),
+            throw=throw).ys)
     return make(False), make(True)
 
 
@@ -66,26 +63,15 @@ def cases():
     yield ("diffeqsolve with MLEM, 3 levels, 8-dim ODE, 1000 steps", *diffeq, jnp.ones(8))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    arguments = parser.parse_args()
-    device = jax.devices()[0]
-    print(f"device: {device.platform} ({device.device_kind})")
-    results = {"device": f"{device.platform} ({device.device_kind})",
-               "repeats": arguments.repeats, "cases": {}}
+def measure(repeats: int) -> dict:
+    results = {}
     for label, off, on, y in cases():
-        t_off, t_on = mlem_jax.interleaved_median_seconds([off, on], y,
-                                                          repeats=arguments.repeats)
+        t_off, t_on = mlem_jax.interleaved_median_seconds([off, on], y, repeats=repeats)
         print(f"  {label:<58} off {t_off * 1e3:9.2f} ms, on {t_on * 1e3:9.2f} ms, "
               f"ratio {t_on / t_off:.3f}x")
-        results["cases"][label] = {"off_ms": t_off * 1e3, "on_ms": t_on * 1e3,
-                                   "ratio": t_on / t_off}
-    if arguments.json:
-        arguments.json.parent.mkdir(parents=True, exist_ok=True)
-        arguments.json.write_text(json.dumps(results, indent=2) + "\n")
+        results[label] = {"off_ms": t_off * 1e3, "on_ms": t_on * 1e3, "ratio": t_on / t_off}
+    return {"cases": results}
 
 
 if __name__ == "__main__":
-    main()
+    command_line(__doc__, measure, repeats=7)
