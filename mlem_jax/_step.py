@@ -191,5 +191,4 @@ def build_step(
         evaluations = state.evaluations + counts.astype(jnp.int32)
         return MLEMState(y, evaluations, state.step + 1), MLEMInfo(drawn, evaluated)
 
-
     return step

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -150,17 +151,20 @@ def test_writing_commands_default_to_the_user_cache(tmp_path, monkeypatch, capsy
 
     def train(models, images, config, *, on_save, **kw):
         n = len(models)
-        state = TrainState(tuple(models), tuple(models), (), jax.numpy.asarray(1),
-                           jax.numpy.zeros(n), jax.numpy.asarray(0.0))
+        state = TrainState(tuple(models), tuple(models), (), jnp.asarray(1),
+                           jnp.zeros(n), jnp.asarray(0.0))
         on_save(state)
         return state
 
     trained = []
+
+    def train_levels(directory, **kw):
+        trained.append(directory)
+        return train([], None, None, on_save=id)
+
     monkeypatch.setattr(sys.modules["mlem_jax.diffusion.calibrate"], "calibrate", calibrate)
     monkeypatch.setattr(family, "train", train)
-    monkeypatch.setattr(family, "train_levels",
-                        lambda directory, **kw: trained.append(directory) or train([], None, None,
-                                                                                   on_save=id))
+    monkeypatch.setattr(family, "train_levels", train_levels)
     before = _files(shipped)
     for argv in WRITING_COMMANDS:
         assert main(argv) == 0

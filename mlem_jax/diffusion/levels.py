@@ -17,6 +17,7 @@ WIDTHS = (2, 4, 8, 16)
 MULTIPLIERS = (1, 2, 2)
 CHECKPOINTS = Path(__file__).parent / "checkpoints"  # shipped: read, never written
 PACKAGE = Path(__file__).parents[1]
+_TRAINING_KEYS = ("objective", "steps", "final_loss", "train_seconds", "config", "notes")
 
 
 def user_directory() -> Path:
@@ -35,7 +36,6 @@ def output_directory(directory: str | os.PathLike) -> Path:
     """`directory`, or `user_directory() / "checkpoints"` when it is inside the installed
     package (the shipped checkpoints are read-only defaults)."""
     return user_directory() / "checkpoints" if in_package(directory) else Path(directory)
-_TRAINING_KEYS = ("objective", "steps", "final_loss", "train_seconds", "config", "notes")
 
 
 def level_name(width: int) -> str:

@@ -115,8 +115,8 @@ def run_setting(setting: Setting, levels: Sequence[ScoreDrift], x1: Array, brown
     arrays = eqx.filter(list(levels), eqx.is_array)
     leaves = tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree_util.tree_leaves(arrays))
     signature = (setting.method, setting.num_steps, setting.draws, setting.groups,
-                 setting.switch, setting.small, needed, np.shape(setting.probabilities), x1.shape, x1.dtype,
-                 getattr(x1, "sharding", None), type(brownian).__name__,
+                 setting.switch, setting.small, needed, np.shape(setting.probabilities),
+                 x1.shape, x1.dtype, getattr(x1, "sharding", None), type(brownian).__name__,
                  jax.tree_util.tree_structure(arrays), leaves)
     cache = _COMPILED if cache is None else cache
     if signature not in cache:
