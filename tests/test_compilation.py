@@ -14,6 +14,7 @@ from mlem_jax.diffusion.classifier import Classifier
 from mlem_jax.diffusion.metrics import classifier_features
 from mlem_jax.diffusion.runner import Setting, run_setting
 from mlem_jax.diffusion.sample import initial_noise, sample, score_levels, stitch_switch
+from mlem_jax.distributed import global_noise
 
 from diffusion_helpers import IMAGE_SHAPE, tiny_unets
 
@@ -82,8 +83,10 @@ def test_samplers_runner_and_calibration_compile_once_for_the_same_shapes():
     assert first and not second, second
 
 
-def test_classifier_features_compile_once():
+def test_classifier_features_and_sharded_noise_compile_once():
     model = Classifier(2, image_size=8, features=4, key=jax.random.key(2))
     images = np.zeros((3, *IMAGE_SHAPE), np.float32)
     first, second = twice(lambda: classifier_features(model, images))
+    assert first and not second, second
+    first, second = twice(lambda: global_noise(jax.random.key(0), 2, IMAGE_SHAPE))
     assert first and not second, second

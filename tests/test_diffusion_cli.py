@@ -43,7 +43,10 @@ def test_console_script_lists_the_commands():
 def checkpoints(tmp_path):
     for model in tiny_unets():
         save_model(tmp_path / f"unet_w{model.width}", model, image_shape=list(IMAGE_SHAPE))
-    calibration = {"kind": "sde", "flops": [1e4, 4e4], "variances": [1.0], "gamma": None}
+    # With a (here empty) profile, as `calibrate` writes: without one the commands would
+    # measure a calibration on the spot instead of reading this one.
+    calibration = {"kind": "sde", "flops": [1e4, 4e4], "variances": [1.0], "gamma": None,
+                   "profile": {}}
     (tmp_path / "calibration.json").write_text(json.dumps({"sde": calibration}))
     return tmp_path
 
@@ -82,6 +85,13 @@ def test_tiny_sample_run(checkpoints, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(argv + ["--draws", "stratified", "--groups", "3"]) == 0
     assert "3 samples by mlem" in capsys.readouterr().out
+    # --calibration: another file's FLOPs (EM: 4 steps of 4e9 per image). (A file
+    # without a profile would be measured again on the spot.)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"sde": {"kind": "sde", "flops": [1e9, 4e9],
+                                         "variances": [1.0], "gamma": None, "profile": {}}}))
+    assert main(argv[:4] + ["em", *argv[5:], "--calibration", str(other)]) == 0
+    assert "16.000 GFLOP/image" in capsys.readouterr().out
 
 
 def test_tiny_demo_run(tmp_path, capsys):
