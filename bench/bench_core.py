@@ -12,6 +12,7 @@ Run: python bench/bench_core.py [--repeats 7] [--json bench/results/core.json]
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import lineax
 import numpy as np
 
 import mlem_jax
+from mlem_jax._brownian import NOISE_STREAM
 
 
 T, SIGMA = 1.0, 0.5
@@ -55,12 +57,14 @@ def diagonal_operator(t, y, args):
 
 
 def hand_written_em(drift, y0, num_steps, key):
-    """EM as one would write it by hand: increments from fold_in(key, n)."""
+    """EM as one would write it by hand: increments from fold_in(stream, n), with the
+    noise stream of `key` that `solve` uses."""
     dt = T / num_steps
+    stream = jax.random.fold_in(key, NOISE_STREAM)
 
     def body(carry, _):
         n, y = carry
-        dw = jnp.sqrt(dt) * jax.random.normal(jax.random.fold_in(key, n), y.shape, y.dtype)
+        dw = jnp.sqrt(dt) * jax.random.normal(jax.random.fold_in(stream, n), y.shape, y.dtype)
         return (n + 1, y + dt * drift(n * dt, y, None) + SIGMA * dw), None
 
     return jax.lax.scan(body, (0, y0), None, length=num_steps)[0][1]
@@ -176,27 +180,33 @@ def bench_skipping(repeats):
     return results
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
+def command_line(doc: str, measure: Callable[[int], dict], repeats: int = 7) -> None:
+    """A benchmark's command line: `--repeats` and `--json`; prints the device, runs
+    `measure(repeats)` and writes what it returns, with the device and the repeats."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--json", type=Path, help="also write the results here")
     arguments = parser.parse_args()
     device = jax.devices()[0]
-    print(f"device: {device.platform} ({device.device_kind})")
-    small = ("8-dim sine SDE, 1000 steps", sine_drift, jnp.ones(8), 1000)
-    large = ("MLP drift (width 256), batch 256x16, 200 steps",
-             BatchMLP(16, 256, jax.random.key(0)),
-             jax.random.normal(jax.random.key(8), (256, 16)), 200)
-    results = dict(
-        device=f"{device.platform} ({device.device_kind})", repeats=arguments.repeats,
-        loop_overhead=bench_loop_overhead([small, large], arguments.repeats),
-        versus_diffrax=bench_diffrax([small, large], arguments.repeats),
-        skipping=bench_skipping(arguments.repeats),
-    )
+    name = f"{device.platform} ({device.device_kind})"
+    print(f"device: {name}")
+    results = {"device": name, "repeats": arguments.repeats, **measure(arguments.repeats)}
     if arguments.json:
         arguments.json.parent.mkdir(parents=True, exist_ok=True)
         arguments.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
+def measure_all(repeats: int) -> dict:
+    small = ("8-dim sine SDE, 1000 steps", sine_drift, jnp.ones(8), 1000)
+    large = ("MLP drift (width 256), batch 256x16, 200 steps",
+             BatchMLP(16, 256, jax.random.key(0)),
+             jax.random.normal(jax.random.key(8), (256, 16)), 200)
+    return dict(
+        loop_overhead=bench_loop_overhead([small, large], repeats),
+        versus_diffrax=bench_diffrax([small, large], repeats),
+        skipping=bench_skipping(repeats),
+    )
+
+
 if __name__ == "__main__":
-    main()
+    command_line(__doc__, measure_all)

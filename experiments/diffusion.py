@@ -15,7 +15,8 @@ log c_l against log 1/eps_l (eps_l measured against the largest UNet, so 3 point
 **Strong error.** RMS over a batch of images of ||X_tmin - X_tmin^ref||, X^ref from EM
 with the largest UNet and `reference_steps` steps, with the same initial noise and the
 same Brownian path (W on the reference grid, `mlem_jax.SampledBrownianPath`). ML-EM's draws are
-shared by the batch; its error is averaged over `draw_seeds` draw sequences.
+shared by the batch; its error is averaged over `draw_seeds` draw sequences. (The FD of
+the operating points, below, gives every sample a draw sequence of its own.)
 
 **Calibration of p_l(t).** v_l(t) binned in t (log-spaced bins) on the same points, and
 the sensitivity w(t) of the final sample to an error made at t (`error_sensitivity`).
@@ -184,13 +185,18 @@ def wallclock(chosen: dict, by_label: dict, levels, x1, cache: dict, rounds: int
 def quality(chosen: dict, by_label: dict, levels, features_model, held_out, shape, count: int,
             flops, cache: dict):
     """Frechet distance to the held-out split of `count` samples per method, and the
-    samples (same noise and Brownian keys for every method)."""
+    samples (same noise and Brownian keys for every method). ML-EM draws the levels of
+    each sample on its own (`groups=count`): with one draw sequence for the batch, the
+    FD would carry that sequence's randomisation error instead of averaging over it."""
     x1 = initial_noise(jax.random.key(11), count, shape)
     reference_features = classifier_features(features_model, held_out)
     scores, samples = {}, {}
     for name, point in chosen.items():
-        outcome = run_setting(by_label[point["label"]], levels, x1, jax.random.key(12),
-                              jax.random.key(13), flops, cache)
+        setting = by_label[point["label"]]
+        if setting.method == "mlem":
+            setting = setting._replace(groups=count)
+        outcome = run_setting(setting, levels, x1, jax.random.key(12), jax.random.key(13),
+                              flops, cache)
         samples[name] = outcome.samples
         scores[name] = frechet_distance(classifier_features(features_model, outcome.samples),
                                         reference_features)

@@ -15,6 +15,11 @@ from ._validation import describe
 
 BrownianIncrements = Callable[[Int[Array, ""], Any, Any], PyTree]
 
+# The noise stream of a key: `fold_in(key, NOISE_STREAM)`. The level draws use the key
+# itself (`draw_levels`: `fold_in(key, n)`), so one key may serve as both `key` and
+# `brownian` without step n's draw and step n's increment coming from the same bits.
+NOISE_STREAM = 0x6E6F6973  # "nois"
+
 
 def _is_key(x: Any) -> bool:
     try:
@@ -27,15 +32,18 @@ def _is_key(x: Any) -> bool:
 
 
 def key_increments(key: PRNGKeyArray, y0: PyTree) -> BrownianIncrements:
-    """Increments dW_n ~ N(0, |dt|) of the shape of `y0`, from `fold_in(key, n)`.
+    """Increments dW_n ~ N(0, |dt|) of the shape of `y0`, from
+    `fold_in(fold_in(key, NOISE_STREAM), n)`: a stream of its own, apart from the level
+    draws' `fold_in(key, n)`, so the same key may be passed for both.
 
     Step n's increment depends only on (key, n), so it is reproducible, but runs with
     different step counts do not share a path: pass a diffrax Brownian path for that.
     """
     leaves, treedef = jtu.tree_flatten(y0)
+    stream = jax.random.fold_in(key, NOISE_STREAM)
 
     def increments(n, t, dt):
-        step_key = jax.random.fold_in(key, n)
+        step_key = jax.random.fold_in(stream, n)
         keys = [step_key] if len(leaves) == 1 else jax.random.split(step_key, len(leaves))
         scale = jnp.sqrt(jnp.abs(dt))
         draws = [

@@ -91,25 +91,26 @@ def pointwise_squares(
             "`ts` must have shape (P,) and every leaf of `ys` a leading axis of length P; "
             f"got ts {ts.shape} and ys {jtu.tree_map(jnp.shape, ys)}."
         )
+    return np.asarray(_measure(levels, top, ts, ys, args, batch_size), dtype=np.float64)
 
-    @eqx.filter_jit
-    def measure(levels, top, ts, ys):
-        def one_point(point):
-            t, y = point
-            values = (list(levels.evaluate(t, y, args, len(levels)))
-                      if isinstance(levels, LevelFamily)
-                      else [level(t, y, args) for level in levels])
-            exact = top(t, y, args)
-            sub = lambda a, b: jtu.tree_map(jnp.subtract, a, b)  # noqa: E731
-            differences = [
-                _squared_norm(sub(upper, lower)) for lower, upper in zip(values, values[1:])
-            ]
-            errors = [_squared_norm(sub(value, exact)) for value in values]
-            return jnp.stack(differences + errors)
 
-        return jax.lax.map(one_point, (ts, ys), batch_size=batch_size)
+@eqx.filter_jit
+def _measure(levels, top, ts, ys, args, batch_size):
+    """`pointwise_squares`, compiled once per structure and shapes (not once per call)."""
+    def one_point(point):
+        t, y = point
+        values = (list(levels.evaluate(t, y, args, len(levels)))
+                  if isinstance(levels, LevelFamily)
+                  else [level(t, y, args) for level in levels])
+        exact = top(t, y, args)
+        sub = lambda a, b: jtu.tree_map(jnp.subtract, a, b)  # noqa: E731
+        differences = [
+            _squared_norm(sub(upper, lower)) for lower, upper in zip(values, values[1:])
+        ]
+        errors = [_squared_norm(sub(value, exact)) for value in values]
+        return jnp.stack(differences + errors)
 
-    return np.asarray(measure(levels, top, ts, ys), dtype=np.float64)
+    return jax.lax.map(one_point, (ts, ys), batch_size=batch_size)
 
 
 def _flops(compiled: Any) -> float:
@@ -129,17 +130,23 @@ def level_costs(
 ) -> LevelCosts:
     """FLOPs (XLA's cost analysis) and median seconds of one evaluation of each level at
     (t, y). The arrays inside equinox modules are arguments, not constants, so XLA
-    cannot fold them away.
+    cannot fold them away; a level of the same structure and shapes is compiled once
+    per process.
     """
     levels = check_levels(levels)
+    t = jnp.asarray(t)  # an argument, as in a solve, not a constant to fold
     flops, seconds = [], []
     for level in levels:
-        dynamic, static = eqx.partition(level, eqx.is_array)
-        run = jax.jit(lambda d, t, y, s=static: eqx.combine(d, s)(t, y, args))
-        compiled = run.lower(dynamic, t, y).compile()
-        flops.append(_flops(compiled))
-        seconds.append(median_seconds(compiled, dynamic, t, y, repeats=repeats))
+        compiled = _evaluate.lower(level, t, y, args).compile()  # cached by `_evaluate`
+        flops.append(_flops(compiled.compiled))
+        seconds.append(median_seconds(compiled, level, t, y, args, repeats=repeats))
     return LevelCosts(flops=np.asarray(flops), seconds=np.asarray(seconds))
+
+
+@eqx.filter_jit
+def _evaluate(level: Callable, t: Any, y: PyTree, args: Any) -> PyTree:
+    """One evaluation of `level`: compiled once per level structure and shapes."""
+    return level(t, y, args)
 
 
 def fit_gamma(costs: Any, errors: Any) -> float:

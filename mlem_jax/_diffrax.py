@@ -26,12 +26,14 @@ from ._family import LevelFamily
 from ._levels import needed_levels
 from ._schedule import check_schedule_callable, checked_schedule_row
 from ._step import MLEMState, build_step
+from ._throw import error_if_failed, failed_steps
 from ._validation import (
     check_coupling,
     check_draws,
     check_level_outputs,
     check_levels,
     check_probabilities,
+    check_throw,
 )
 
 
@@ -231,6 +233,13 @@ class MLEM(diffrax.AbstractItoSolver):
     Brownian path): the draws are then shared by the whole batch, each level sits in a
     `lax.cond` on an unbatched predicate, and a level that is not drawn is really
     skipped. A batched key turns the `cond` into a `select` that evaluates every level.
+    Shared draws give every path the same randomisation error, which a mean over the
+    batch does not average out: for independent groups, `lax.map` over groups of
+    initial conditions, each `vmap`ped with a key of its own.
+
+    **Non-finite values:** `MLEM(key, throw=True)` stops at the first step whose new
+    state is not finite with an error naming the step, its time and the levels evaluated
+    there (see `mlem_jax.solve`).
 
     **Step sizes:** constant only (`dt0` with `ConstantStepSize`, or `StepTo`). The
     drift estimate is random, so there is no error estimate: each step returns
@@ -253,11 +262,15 @@ class MLEM(diffrax.AbstractItoSolver):
     """
 
     key: PRNGKeyArray | None = None
+    throw: bool = eqx.field(default=False, static=True)
 
     term_structure: ClassVar = diffrax.AbstractTerm
     interpolation_cls: ClassVar[Callable[..., diffrax.LocalLinearInterpolation]] = (
         diffrax.LocalLinearInterpolation
     )
+
+    def __check_init__(self):
+        check_throw(self.throw)
 
     def order(self, terms: PyTree[diffrax.AbstractTerm]) -> int | None:
         """`None`: ML-EM's drift estimate is random, so it has no deterministic order."""
@@ -347,8 +360,11 @@ class MLEM(diffrax.AbstractItoSolver):
                           needed=term.needed)
         dt = parsed.drift.contr(t0, t1)  # the signed time step: negative in reverse time
         start = MLEMState(y0, solver_state.evaluations, solver_state.num_steps)
-        state, _ = step(self.key, start, t0, dt, dw, args)
+        state, info = step(self.key, start, t0, dt, dw, args)
         y1 = state.y
+        if self.throw:
+            y1 = error_if_failed(y1, failed_steps(y1, start.step),
+                                 lambda n, group: (t0 * parsed.direction, info.evaluated))
         dense_info = dict(y0=y0, y1=y1)
         new_state = MLEMSolverState(state.step, state.evaluations)
         return y1, None, dense_info, new_state, diffrax.RESULTS.successful
@@ -365,6 +381,12 @@ MLEM.__init__.__doc__ = """**Arguments:**
 - `key`: PRNG key of the level draws; step n draws with `mlem_jax.draw_levels(key, ...,
     step=n)`. Required when the `MultilevelTerm` has more than one level. Keep it
     unbatched under `vmap`.
+- `throw`: stop with an `equinox.EquinoxRuntimeError` at the first step whose new state
+    is not finite (as it is when the drift estimate or the noise increment is not),
+    naming the step, its time and the levels evaluated there. Off (default), nothing is
+    checked; on, every step is (one reduction and one `lax.cond`). (diffrax's own
+    `diffeqsolve(..., throw=...)` is about the solve's result code, which stays
+    successful.)
 """
 
 

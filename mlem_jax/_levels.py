@@ -28,7 +28,8 @@ def draw_levels(
 
     - `key`: the trajectory's PRNG key of the level draws, the same at every step; keep
         it unbatched under `vmap` so the whole batch takes the same branch and skipped
-        levels are really skipped.
+        levels are really skipped. (Key-drawn Brownian increments come from another
+        stream of their key, so it may also be `solve`'s `brownian`.)
     - `probabilities`: p_1..p_K with p_1 == 1.
     - `coupling`: `"nested"` compares one uniform U with every p_l, B_l = 1{U < p_l}, so
         the drawn levels are always 1..L; `"independent"` uses one uniform per level.
@@ -102,6 +103,12 @@ def _zeros_like(tree: PyTree) -> PyTree:
     return jtu.tree_map(jnp.zeros_like, tree)
 
 
+def _widened(tree: PyTree) -> PyTree:
+    """`tree` in at least float32, where the corrections are formed: in bfloat16, p_l
+    itself would round (0.3 -> 0.30078) and bias every correction by as much."""
+    return jtu.tree_map(lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32)), tree)
+
+
 def multilevel_drift(
     levels: Sequence[Callable],
     probabilities: Float[Array, " K"],
@@ -117,13 +124,15 @@ def multilevel_drift(
     evaluated inside `lax.cond` on an unbatched predicate, so a level that is not needed
     costs nothing, also under `vmap` over `y`. Under the nested coupling the conds are
     nested (level l + 1 is only considered once level l was drawn), so a step that draws
-    L levels pays for L + 1 conds, not K.
+    L levels pays for L + 1 conds, not K. The corrections and their sum are formed in at
+    least float32, so for a bfloat16 or float16 state E[F] = f^K to float32 accuracy.
 
     **Returns:**
 
-    `(F, evaluated)`, where `evaluated[l]` says whether f^l was computed.
+    `(F, evaluated)`, where `evaluated[l]` says whether f^l was computed. F has the
+    structure of `y`, in y's dtypes promoted to at least float32.
     """
-    first = levels[0](t, y, args)
+    first = _widened(levels[0](t, y, args))
     if coupling == "nested":
         corrections = _nested_corrections(levels, probabilities, drawn, t, y, args, 1, first)
         return jtu.tree_map(jnp.add, first, corrections), drawn
@@ -140,7 +149,7 @@ def _nested_corrections(levels, probabilities, drawn, t, y, args, index, lower):
         return _zeros_like(lower)
 
     def evaluate():
-        upper = levels[index](t, y, args)
+        upper = _widened(levels[index](t, y, args))
         rest = _nested_corrections(levels, probabilities, drawn, t, y, args, index + 1, upper)
         own = _scaled_difference(upper, lower, probabilities[index])
         return jtu.tree_map(jnp.add, own, rest)
@@ -156,7 +165,7 @@ def _independent_drift(levels, probabilities, drawn, t, y, args, first):
         values.append(
             lax.cond(
                 evaluated[index],
-                lambda lv=levels[index]: lv(t, y, args),
+                lambda lv=levels[index]: _widened(lv(t, y, args)),
                 lambda: _zeros_like(first),
             )
         )
@@ -198,7 +207,7 @@ def family_drift(
         choice = jnp.sum(drawn[np.asarray(needed)]) - 1
 
         def estimate(depth):
-            outputs = family.evaluate(t, y, args, depth)
+            outputs = [_widened(o) for o in family.evaluate(t, y, args, depth)]
             used = [level for level in needed if level < depth]
             total = outputs[used[0]]
             for lower, upper in zip(used, used[1:]):
@@ -211,7 +220,7 @@ def family_drift(
         choice = jnp.max(jnp.where(drawn, jnp.arange(num_levels), 0))
 
         def estimate(depth):
-            outputs = family.evaluate(t, y, args, depth)
+            outputs = [_widened(o) for o in family.evaluate(t, y, args, depth)]
             total = outputs[0]
             for level in range(1, depth):
                 correction = _scaled_difference(outputs[level], outputs[level - 1],

@@ -1,8 +1,10 @@
 """The SDE demo: EM and ML-EM on random-feature levels, cost and strong error side by side."""
 
+import functools
 import time
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,12 +37,17 @@ def _batched_solver(levels, num_steps, probabilities, key):
     `brownian` is a batch of diffrax paths (for errors: one path across step counts) or
     of keys (for timing: increments drawn per step, as when sampling).
     """
+    return functools.partial(_batched_solve, levels, num_steps, probabilities, key)
 
+
+@eqx.filter_jit
+def _batched_solve(levels, num_steps, probabilities, key, y0, brownian):
+    """`_batched_solver`'s solve: one function, compiled once per shape, not per call."""
     def one_path(y0, brownian):
         return solve(levels, y0, 0.0, T, num_steps, probabilities=probabilities, key=key,
                      diffusion=_diffusion, brownian=brownian)
 
-    return jax.jit(jax.vmap(one_path))
+    return jax.vmap(one_path)(y0, brownian)
 
 
 def run(num_paths: int = 256, seed: int = 0) -> list[dict]:

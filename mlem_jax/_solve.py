@@ -12,9 +12,11 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from ._brownian import brownian_increments
 from ._family import LevelFamily, marginal_costs
+from ._groups import check_group_sizes, check_groups
 from ._levels import needed_levels
 from ._schedule import probabilities_at, probability_table
-from ._step import build_step, diagonal_noise, init
+from ._step import build_step, diagonal_noise, evaluated_at, init
+from ._throw import error_if_failed, failed_steps
 from ._validation import (
     check_coupling,
     check_diffusion_output,
@@ -23,6 +25,7 @@ from ._validation import (
     check_levels,
     check_num_steps,
     check_state,
+    check_throw,
     check_times,
     concrete_or_none,
 )
@@ -34,14 +37,15 @@ class Solution(eqx.Module):
     - `ys`: the final state, or the states at the requested save times stacked on a
         new leading axis.
     - `ts`: t1, or the save times.
-    - `evaluations`: int array (K,): at how many steps each level was evaluated.
+    - `evaluations`: int array (K,): at how many steps each level was evaluated; with
+        `groups` > 1, a float array (K,): the mean over the groups.
     - `cost`: `evaluations @ costs` when `costs` were given (with a `LevelFamily`, the
         sum over steps of the cost of the pass each ran), else None.
     """
 
     ys: PyTree
     ts: Float[Array, "..."]
-    evaluations: Int[Array, " K"]
+    evaluations: Int[Array, " K"] | Float[Array, " K"]
     cost: Float[Array, ""] | None
 
 
@@ -79,11 +83,13 @@ def grid_time(n: Any, t0: Any, t1: Any, num_steps: int) -> Any:
 @eqx.filter_jit
 def _scan(
     levels, probabilities, diffusion, brownian, coupling, draws, y0, t0, t1, num_steps, key,
-    args, save, needed,
+    args, save, needed, groups, throw,
 ):
     # Shape checks and closures live inside the jit: they run once per trace, and
     # repeated eager calls hit the cache.
     check_state(y0)
+    if groups > 1:
+        check_group_sizes(y0, groups)
     check_level_outputs(levels, t0, y0, args)
     if diffusion is None:
         noise = increments = None
@@ -96,19 +102,21 @@ def _scan(
     # it out of an `xs` array each step makes the loop several times slower for small
     # states.
     def body(carry, _):
-        state, saved = carry
+        state, saved, failed = carry
         n = state.step
         t = grid_time(n, t0, t1, num_steps)
         dt = grid_time(n + 1, t0, t1, num_steps) - t
         dw = None if increments is None else increments(n, t, dt)
         step = build_step(
             levels, probabilities_at(probabilities, n), noise=noise, coupling=coupling,
-            draws=draws, needed=needed,
+            draws=draws, needed=needed, groups=groups,
         )
         state, _ = step(key, state, t, dt, dw, args)
         if save is not None:
             saved = _store(saved, slots, n + 1, state.y)  # pyright: ignore[reportArgumentType]
-        return (state, saved), None
+        if throw:  # recorded at every step, raised once after the loop
+            failed = failed_steps(state.y, n, groups, failed)
+        return (state, saved, failed), None
 
     if save is None:
         saved = slots = None
@@ -119,12 +127,21 @@ def _scan(
         slots = jnp.asarray(slots)
         saved = jtu.tree_map(lambda x: jnp.zeros((len(unique),) + x.shape, x.dtype), y0)
         saved = _store(saved, slots, 0, y0)
-    start = (init(y0, len(levels)), saved)
-    (final, saved), _ = lax.scan(body, start, None, length=num_steps)
+    failed = jnp.full(groups, -1, jnp.int32) if throw else None
+    start = (init(y0, len(levels)), saved, failed)
+    (final, saved, failed), _ = lax.scan(body, start, None, length=num_steps)
     if save is None:
-        return final.y, t1, final.evaluations
-    ys = jtu.tree_map(lambda b: b[order], saved)  # pyright: ignore[reportPossiblyUnboundVariable]
-    return ys, grid_time(jnp.asarray(save), t0, t1, num_steps), final.evaluations
+        out = final.y, t1, final.evaluations
+    else:
+        ys = jtu.tree_map(lambda b: b[order], saved)  # pyright: ignore[reportPossiblyUnboundVariable]
+        out = ys, grid_time(jnp.asarray(save), t0, t1, num_steps), final.evaluations
+    if not throw:
+        return out
+    return error_if_failed(out, failed, lambda n, group: (
+        grid_time(n, t0, t1, num_steps),
+        evaluated_at(key, probabilities_at(probabilities, n), n, group, len(levels),
+                     needed or [0], coupling, draws, groups, isinstance(levels, LevelFamily)),
+    ))
 
 
 def _store(saved: PyTree, slots: Int[Array, " N+1"], n: Any, y: PyTree) -> PyTree:
@@ -154,14 +171,17 @@ def solve(
     draws: str = "random",
     saveat: Any = None,
     costs: Any = None,
+    groups: int = 1,
+    throw: bool = False,
 ) -> Solution:
     """Solve dX = f(t, X) dt + g(t, X) dW with EM (one level) or ML-EM (several).
 
     Step n uses F_n = f^1 + sum_{l >= 2} (B_{n,l} / p_l) (f^l - f^(l-1)), with
     P(B_{n,l} = 1) = p_l (p_{n,l} under a schedule), so E[F_n | X_n] = f^K (the top
     level) at every step (on average over the shift with stratified draws). The draws
-    are shared by the whole batch, and a level that is not drawn is skipped with
-    `lax.cond`, also when `solve` is `vmap`ped over `y0` with an unbatched `key`. Levels
+    are shared by the whole batch (or by each of `groups` groups of it), and a level that
+    is not drawn is skipped with `lax.cond`, also when `solve` is `vmap`ped over `y0`
+    with an unbatched `key`. Levels
     that cancel from the estimate (`needed_levels`: under the nested coupling, level l
     when p_l == p_(l+1) at every step, e.g. level 1 when p_2 = 1) are never evaluated
     when `probabilities` are concrete. The loop is a `lax.scan`, jit-compiled and
@@ -183,9 +203,10 @@ def solve(
     - `diffusion`: `g(t, y, args)`, broadcasting against `y` leaf by leaf (diagonal or
         scalar noise, applied as g * dW). None solves an ODE.
     - `key`: PRNG key of the level draws; required when K > 1.
-    - `brownian`: a PRNG key (increments N(0, |dt|) from `fold_in(key, n)`) or a diffrax
-        `AbstractBrownianPath` (increments W(t_{n+1}) - W(t_n), shared across step
-        counts). Required exactly when `diffusion` is given.
+    - `brownian`: a PRNG key (increments N(0, |dt|) from a stream of their own,
+        `fold_in(fold_in(key, NOISE_STREAM), n)`, so the same key as `key` is fine) or a
+        diffrax `AbstractBrownianPath` (increments W(t_{n+1}) - W(t_n), shared across
+        step counts). Required exactly when `diffusion` is given.
     - `args`: passed to every level and to `diffusion`.
     - `coupling`: `"nested"` (default) or `"independent"`.
     - `draws`: `"random"` (default: independent draws at every step, the method as
@@ -196,6 +217,18 @@ def solve(
     - `costs`: cost of one evaluation of each level (e.g. FLOPs), shape (K,); for a
         `LevelFamily`, of one pass to each level (cumulative, `level_costs(family)`), so
         that a step costs the pass it ran.
+    - `groups`: G, the number of groups of the batch (the leading axis of every leaf of
+        `y0`, for levels that act on a batch) that draw their levels independently, one
+        group after the other at each step (`jax.random.split(key, G)[g]` for group g).
+        With shared draws (G = 1, the default) every path of the batch carries the same
+        randomisation error, so a mean over the batch does not average it out; with G
+        groups it averages over G independent draw sequences. Not for a `vmap`ped
+        `solve` (whose batch axis it cannot see): `lax.map` over groups there.
+    - `throw`: stop with an `equinox.EquinoxRuntimeError` when the state is not finite
+        (as it is once a drift estimate or a noise increment is not), naming the first
+        step after which it was not, the step's time, the levels evaluated there and,
+        with `groups`, the group. Off (default), nothing is checked; on, each step
+        records whether the state is finite and the error is raised after the loop.
 
     **Returns:**
 
@@ -204,6 +237,8 @@ def solve(
     levels = check_levels(levels)
     check_coupling(coupling)
     check_draws(draws)
+    groups = check_groups(groups)
+    throw = check_throw(throw)
     num_steps = check_num_steps(num_steps)
     check_times(t0, t1)
     probabilities = probability_table(
@@ -232,7 +267,10 @@ def solve(
         levels, probabilities, diffusion, brownian, coupling, draws, y0,
         jnp.asarray(t0, time_dtype), jnp.asarray(t1, time_dtype), num_steps, key, args,
         save, None if probabilities is None else needed_levels(probabilities, coupling),
+        groups, throw,
     )
+    if groups > 1:
+        evaluations = evaluations / groups
     if costs is not None and isinstance(levels, LevelFamily):
         costs = jnp.asarray(marginal_costs(costs), dtype=costs.dtype)
     cost = None if costs is None else evaluations @ costs

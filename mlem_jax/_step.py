@@ -10,7 +10,10 @@ import numpy as np
 from jaxtyping import Array, Bool, Int, PRNGKeyArray, PyTree
 
 from ._family import LevelFamily
-from ._levels import draw_levels, family_drift, multilevel_drift, needed_levels
+from ._groups import check_group_sizes, check_groups, group_keys, grouped
+from ._levels import (
+    draw_levels, family_drift, levels_to_evaluate, multilevel_drift, needed_levels,
+)
 from ._validation import (
     check_coupling,
     check_draws,
@@ -24,7 +27,8 @@ class MLEMState(NamedTuple):
     """State carried from step to step.
 
     - `y`: the current state X_n.
-    - `evaluations`: int array (K,), at how many steps so far each level was evaluated.
+    - `evaluations`: int array (K,), at how many steps so far each level was evaluated
+        (with grouped draws, on how many (step, group) pairs).
     - `step`: int scalar, the index n of the next step (the steps made so far).
     """
 
@@ -36,8 +40,9 @@ class MLEMState(NamedTuple):
 class MLEMInfo(NamedTuple):
     """What happened in one step.
 
-    - `drawn`: bool (K,), which corrections f^l - f^(l-1) entered the estimate.
-    - `evaluated`: bool (K,), which levels were evaluated.
+    - `drawn`: bool (K,), which corrections f^l - f^(l-1) entered the estimate; (G, K),
+        one row per group, with grouped draws.
+    - `evaluated`: bool (K,) or (G, K), which levels were evaluated.
     """
 
     drawn: Bool[Array, " K"]
@@ -80,6 +85,27 @@ def check_needed(needed: Sequence[int] | None, probabilities: Any, num_levels: i
     return chosen
 
 
+def evaluated_at(key: PRNGKeyArray, probabilities: Any, step: Any, group: Any,
+                 num_levels: int, needed: Sequence[int], coupling: str, draws: str,
+                 groups: int, shared: bool = False) -> Bool[Array, " K"]:
+    """The levels that step `step` evaluates (for `group` of `groups`, whose key is
+    `jax.random.split(key, groups)[group]`), from its draws alone: what `build_step`'s
+    step reports in `MLEMInfo.evaluated`, without evaluating any level. `shared`: the
+    levels are a `LevelFamily`."""
+    if probabilities is None:
+        return jnp.ones(1, bool)
+    index = np.array(needed)
+    if groups > 1 and len(needed) > 1:
+        key = group_keys(key, groups)[group]
+    drawn = draw_levels(key, probabilities, coupling, step=step, draws=draws)[..., index]
+    evaluated = drawn if coupling == "nested" else levels_to_evaluate(drawn)
+    evaluated = jnp.zeros(num_levels, bool).at[index].set(evaluated)
+    if shared:  # one pass of a `LevelFamily` goes through every level below its depth
+        deepest = jnp.max(jnp.where(evaluated, jnp.arange(num_levels), 0))
+        evaluated = jnp.arange(num_levels) <= deepest
+    return evaluated
+
+
 def diagonal_noise(diffusion: Callable) -> NoiseIncrement:
     """The noise increment g(t, y, args) * dW for diagonal or scalar noise."""
 
@@ -97,6 +123,7 @@ def build_step(
     coupling: str = "nested",
     draws: str = "random",
     needed: Sequence[int] | None = None,
+    groups: int = 1,
 ) -> Step:
     """Build the ML-EM step `step(key, state, t, dt, dw, args) -> (state, info)`.
 
@@ -117,17 +144,23 @@ def build_step(
         levels that cancel from the estimate are skipped. None works them out from
         `probabilities` when they are concrete (every level when they are traced, as
         inside a jit: compute `needed_levels` outside it and pass it here).
+    - `groups`: G, the number of groups of the state's leading (batch) axis that draw
+        their levels independently (`jax.random.split(key, G)[g]` for group g), one
+        group after the other. 1 (default): the whole batch shares one draw per step.
 
     **Returns:**
 
     A pure, jittable `step`. `key` is the trajectory's key of the level draws, the same
     at every step: step `state.step` draws from it with `draw_levels` (keep it
     unbatched under `vmap`). `dw` is the Brownian increment over [t, t + dt] (ignored
-    for an ODE).
+    for an ODE). With G groups, `info.drawn` and `info.evaluated` are (G, K) and
+    `state.evaluations` counts evaluations on a group: G per step for a level every
+    group evaluates.
     """
     levels = check_levels(levels)
     check_coupling(coupling)
     check_draws(draws)
+    groups = check_groups(groups)
     p = check_probabilities(probabilities, len(levels), coupling)
     needed = check_needed(needed, p, len(levels), coupling)
     used = [levels[i] for i in needed]
@@ -141,24 +174,34 @@ def build_step(
             "compute it with `needed_levels` from these probabilities.",
         )
 
+    def estimate(key, n, t, y, args):
+        drawn = draw_levels(key, p, coupling, step=n, draws=draws)
+        if isinstance(levels, LevelFamily):
+            drift, evaluated = family_drift(levels, tuple(needed), p, drawn, t, y, args,
+                                            coupling)
+            return drift, drawn, evaluated
+        drift, evaluated_used = multilevel_drift(
+            used, p[..., index], drawn[..., index], t, y, args, coupling
+        )
+        return drift, drawn, jnp.zeros(len(levels), bool).at[index].set(evaluated_used)
+
     def step(key, state, t, dt, dw, args):
+        if groups > 1:
+            check_group_sizes(state.y, groups)
         if p is None:
             drift = levels[0](t, state.y, args)
             drawn = evaluated = jnp.ones(1, bool)
-        elif isinstance(levels, LevelFamily):
-            drawn = draw_levels(key, p, coupling, step=state.step, draws=draws)
-            drift, evaluated = family_drift(levels, tuple(needed), p, drawn, t, state.y, args,
-                                            coupling)
         else:
-            drawn = draw_levels(key, p, coupling, step=state.step, draws=draws)
-            drift, evaluated_used = multilevel_drift(
-                used, p[..., index], drawn[..., index], t, state.y, args, coupling
+            drift, drawn, evaluated = grouped(
+                lambda key, y: estimate(key, state.step, t, y, args), key, state.y,
+                groups if len(used) > 1 else 1,  # one level: nothing is drawn
             )
-            evaluated = jnp.zeros(len(levels), bool).at[index].set(evaluated_used)
-        y = jtu.tree_map(lambda y, f: y + (dt * f).astype(y.dtype), state.y, drift)
+        # In the drift's dtype (at least float32), rounded to the state's once.
+        y = jtu.tree_map(lambda y, f: (y + dt * f).astype(y.dtype), state.y, drift)
         if noise is not None:
             y = jtu.tree_map(jnp.add, y, noise(t, state.y, args, dw))
-        evaluations = state.evaluations + evaluated.astype(jnp.int32)
+        counts = (evaluated.sum(axis=0) if evaluated.ndim == 2 else groups * evaluated)
+        evaluations = state.evaluations + counts.astype(jnp.int32)
         return MLEMState(y, evaluations, state.step + 1), MLEMInfo(drawn, evaluated)
 
     return step

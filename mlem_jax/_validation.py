@@ -40,6 +40,12 @@ def check_draws(draws: Any) -> None:
         raise ValueError(f"`draws` must be one of {DRAWS}, got {draws!r}.")
 
 
+def check_throw(throw: Any) -> bool:
+    if not isinstance(throw, (bool, np.bool_)):
+        raise TypeError(f"`throw` must be a bool, got {type(throw).__name__} {throw!r}.")
+    return bool(throw)
+
+
 def check_levels(levels: Any) -> "tuple[Callable, ...] | LevelFamily":
     """`levels` as a tuple of callables, or the `LevelFamily` itself."""
     if isinstance(levels, LevelFamily):
@@ -49,8 +55,9 @@ def check_levels(levels: Any) -> "tuple[Callable, ...] | LevelFamily":
         return levels
     if callable(levels) or not isinstance(levels, Sequence):
         raise TypeError(
-            "`levels` must be a sequence of callables `f(t, y, args)`, cheapest first, "
-            f"or a `mlem_jax.LevelFamily`; got {type(levels).__name__}. For plain Euler-Maruyama pass `[f]`."
+            "`levels` must be a sequence of callables `f(t, y, args)`, cheapest first, or a "
+            f"`mlem_jax.LevelFamily`; got {type(levels).__name__}. For plain Euler-Maruyama "
+            "pass `[f]`."
         )
     if len(levels) == 0:
         raise ValueError("`levels` must hold at least one callable `f(t, y, args)`, got 0.")

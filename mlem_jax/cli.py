@@ -54,47 +54,55 @@ def _sde_demo(a: argparse.Namespace) -> None:
 
 
 def _train(a: argparse.Namespace) -> None:
-    from .diffusion.levels import WIDTHS, train_levels
+    from .diffusion.levels import WIDTHS, train_levels, user_directory
     from .diffusion.train import TrainConfig
 
     config = TrainConfig(steps=a.steps, batch_size=a.batch_size,
                          learning_rate=a.learning_rate, seed=a.seed)
+    directory = Path(a.checkpoints) if a.checkpoints else user_directory() / "checkpoints"
     widths = a.widths or WIDTHS
-    state = train_levels(a.checkpoints, dataset=a.dataset, widths=widths, config=config,
+    state = train_levels(directory, dataset=a.dataset, widths=widths, config=config,
                          progress=not a.quiet)
     print(f"trained widths {widths} for {int(state.step)} steps in "
-          f"{float(state.seconds):.0f} s; checkpoints in {a.checkpoints}")
+          f"{float(state.seconds):.0f} s; checkpoints in {directory}")
 
 
 def _distill(a: argparse.Namespace) -> None:
-    from .diffusion.levels import distill_levels
+    from .diffusion.levels import distill_levels, output_directory
     from .diffusion.train import TrainConfig
 
     config = TrainConfig(steps=a.steps, batch_size=a.batch_size,
                          learning_rate=a.learning_rate, warmup=min(50, a.steps), seed=a.seed)
-    state = distill_levels(a.checkpoints, config=config, progress=not a.quiet)
+    out_dir = Path(a.out_dir) if a.out_dir else output_directory(a.checkpoints)
+    state = distill_levels(a.checkpoints, out_dir=out_dir, config=config,
+                           progress=not a.quiet)
     print(f"distilled {len(state.params)} levels from the largest for {int(state.step)} "
-          f"steps in {float(state.seconds):.0f} s; checkpoints in {a.checkpoints}")
+          f"steps in {float(state.seconds):.0f} s; checkpoints in {out_dir}")
 
 
 def _calibrate(a: argparse.Namespace) -> None:
     import jax
 
     from .diffusion.calibrate import calibrate, write_calibration
-    from .diffusion.levels import load_levels
+    from .diffusion.levels import in_package, load_levels, user_directory
     from .diffusion.sample import score_levels
 
     models, manifests = load_levels(a.checkpoints)
     result = calibrate(score_levels(models, a.kind), jax.random.key(a.seed),
                        manifests[-1]["image_shape"], count=a.count, num_steps=a.steps)
-    out = Path(a.out) if a.out else Path(a.checkpoints) / "calibration.json"
+    out = Path(a.out) if a.out else (
+        user_directory() / "calibration.json" if in_package(a.checkpoints)
+        else Path(a.checkpoints) / "calibration.json")
     write_calibration(out, result)
     print(f"{'width':>6} {'MFLOP/image':>12} {'ms/image':>9} {'eps_l':>9} {'v_l':>10}")
     v = [float("nan")] + result["variances"]
     for m, f, s, e, var in zip(models, result["flops"], result["seconds"], result["errors"], v):
         print(f"{m.width:>6} {f / 1e6:>12.2f} {s * 1e3:>9.3f} {e:>9.3f} {var:>10.3f}")
-    print(f"gamma = {result['gamma']:.2f} (FLOPs), {result['gamma_seconds']:.2f} (seconds); "
-          f"written to {out}")
+    use = (f"; use it with --calibration {out}"
+           if out.resolve() != (Path(a.checkpoints) / "calibration.json").resolve() else "")
+    # gamma is None with fewer than 3 levels.
+    print(f"gamma = {result['gamma'] or float('nan'):.2f} (FLOPs), "
+          f"{result['gamma_seconds'] or float('nan'):.2f} (seconds); written to {out}{use}")
 
 
 def _sample(a: argparse.Namespace) -> None:
@@ -106,12 +114,15 @@ def _sample(a: argparse.Namespace) -> None:
     from .diffusion.runner import Setting, run_setting
     from .diffusion.sample import initial_noise, stitch_switch
 
-    levels, image_shape, calibration = prepare(a.checkpoints, a.kind, a.seed)
+    levels, image_shape, calibration = prepare(a.checkpoints, a.kind, a.seed, a.calibration)
     noise_key, path_key, draw_key = jax.random.split(jax.random.key(a.seed), 3)
     probabilities = (probabilities_for(calibration, a.steps, a.top_evaluations, a.draws)
                      if a.method == "mlem" else None)
     switch = stitch_switch(a.stitch_fraction) if a.method == "tstitch" else None
-    setting = Setting(a.method, a.steps, probabilities, switch, draws=a.draws)
+    if a.count % a.groups:
+        raise ValueError(f"--groups must divide --count {a.count}, got {a.groups}")
+    setting = Setting(a.method, a.steps, probabilities, switch, draws=a.draws,
+                      groups=a.groups)
     x1 = initial_noise(noise_key, a.count, image_shape)
     outcome = run_setting(setting, levels, x1, path_key, draw_key, calibration["flops"])
     path = save_samples(a.out, outcome.samples)
@@ -123,7 +134,8 @@ def _demo(a: argparse.Namespace) -> None:
     from .diffusion.demo import run_demo
     from .diffusion.testbed_demo import run_testbed_demo
 
-    run_demo(a.checkpoints, count=a.count, seed=a.seed, out_dir=a.out_dir, quick=a.quick)
+    run_demo(a.checkpoints, count=a.count, seed=a.seed, out_dir=a.out_dir, quick=a.quick,
+             calibration=a.calibration)
     run_testbed_demo(a.out_dir, seed=a.seed, **({"count": 32, "reference_steps": 256}
                                                 if a.quick else {}))
 
@@ -131,7 +143,8 @@ def _demo(a: argparse.Namespace) -> None:
 def _bench(a: argparse.Namespace) -> None:
     from .diffusion.demo import run_bench
 
-    run_bench(a.checkpoints, count=a.count, num_steps=a.steps, repeats=a.repeats, seed=a.seed)
+    run_bench(a.checkpoints, count=a.count, num_steps=a.steps, repeats=a.repeats, seed=a.seed,
+              calibration=a.calibration)
 
 
 def _distributed_sample(a: argparse.Namespace) -> None:
@@ -161,7 +174,8 @@ def _distributed_sample(a: argparse.Namespace) -> None:
 
     probabilities = a.probabilities
     if a.method == "mlem" and probabilities is None:
-        levels, image_shape, calibration = prepare(a.checkpoints, a.kind, a.seed)
+        levels, image_shape, calibration = prepare(a.checkpoints, a.kind, a.seed,
+                                                   a.calibration)
         probabilities = probabilities_for(calibration, a.steps, a.top_evaluations, a.draws)
     else:
         models, manifests = load_levels(a.checkpoints)
@@ -186,22 +200,37 @@ def _distributed_sample(a: argparse.Namespace) -> None:
     distributed.shutdown()
 
 
+# Where the commands write what they make unless told where (see
+# `mlem_jax.diffusion.levels.user_directory`); the parser is built without the extra.
+USER_CACHE = "$XDG_CACHE_HOME/mlem-jax (default ~/.cache/mlem-jax)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlem-jax", description="Multilevel Euler-Maruyama (ML-EM) in JAX."
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, help: str, run, *, checkpoints: bool = True):
+    def command(name: str, help: str, run, *, checkpoints: bool = True,
+                calibration: bool = False):
         sub = commands.add_parser(name, help=help, description=help)
         sub.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
         if checkpoints:
             sub.add_argument("--checkpoints",
-                             help="folder of the UNet checkpoints (default: the shipped ones)")
+                             help="folder of the UNet checkpoints (default: the shipped "
+                                  "ones, which are only read)")
+        if calibration:
+            sub.add_argument("--calibration",
+                             help="calibration JSON written by `mlem-jax calibrate` "
+                                  "(default: <checkpoints>/calibration.json)")
         sub.set_defaults(run=run)
         return sub
 
-    train = command("train", "train the UNet levels on MNIST (resumes if interrupted)", _train)
+    home = USER_CACHE
+    train = command("train", "train the UNet levels on MNIST (resumes if interrupted)", _train,
+                    checkpoints=False)
+    train.add_argument("--checkpoints",
+                       help=f"folder to write the checkpoints to (default: {home}/checkpoints)")
     train.add_argument("--widths", type=_widths,
                        help="e.g. 2,4,8,16 (default: those of the shipped UNets)")
     train.add_argument("--steps", type=_positive, default=2000, help="optimiser steps")
@@ -212,6 +241,9 @@ def _parser() -> argparse.ArgumentParser:
 
     distill = command("distill", "distil the smaller UNet levels from the largest, starting "
                       "from their checkpoints (resumes if interrupted)", _distill)
+    distill.add_argument("--out-dir", help="folder to write the distilled levels to (default: "
+                         f"--checkpoints, or {home}/checkpoints when those are the shipped "
+                         "ones)")
     distill.add_argument("--steps", type=_positive, default=1500, help="optimiser steps")
     distill.add_argument("--batch-size", type=_positive, default=64)
     distill.add_argument("--learning-rate", type=float, default=1e-3)
@@ -222,9 +254,11 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--kind", choices=("sde", "ode"), default="sde")
     cal.add_argument("--count", type=_positive, default=16, help="images per run")
     cal.add_argument("--steps", type=_positive, default=64, help="EM steps of the run")
-    cal.add_argument("--out", help="JSON file (default: <checkpoints>/calibration.json)")
+    cal.add_argument("--out", help="JSON file (default: <checkpoints>/calibration.json, or "
+                     f"{home}/calibration.json for the shipped checkpoints)")
 
-    smp = command("sample", "draw samples by EM, ML-EM or T-Stitch; write PNG or NPZ", _sample)
+    smp = command("sample", "draw samples by EM, ML-EM or T-Stitch; write PNG or NPZ", _sample,
+                  calibration=True)
     smp.add_argument("--method", choices=("em", "mlem", "tstitch"), default="mlem")
     smp.add_argument("--kind", choices=("sde", "ode"), default="sde",
                      help="reverse SDE or probability-flow ODE")
@@ -234,18 +268,24 @@ def _parser() -> argparse.ArgumentParser:
                      help="ML-EM: expected evaluations of the largest UNet per run")
     smp.add_argument("--draws", choices=("random", "stratified"), default="random",
                      help="ML-EM: independent level draws at every step, or spread evenly")
+    smp.add_argument("--groups", type=_positive, default=1,
+                     help="ML-EM: groups of the samples with level draws of their own (a "
+                          "divisor of --count); with 1 (default) every sample carries the "
+                          "same randomisation error, which statistics over the samples do "
+                          "not average out")
     smp.add_argument("--stitch-fraction", type=_fraction, default=0.5,
                      help="T-Stitch: share of the time span on the small UNet")
     smp.add_argument("--out", default="samples.png", help="output .png (grid) or .npz")
 
     demo = command("demo", "EM vs ML-EM vs T-Stitch: cost, strong error, samples side by "
-                   "side and the cost-error frontier (PNGs)", _demo)
+                   "side and the cost-error frontier (PNGs)", _demo, calibration=True)
     demo.add_argument("--count", type=_positive, default=64, help="images per method")
     demo.add_argument("--out-dir", default=".", help="folder of the PNGs")
     demo.add_argument("--quick", action="store_true",
                       help="fewer and shorter runs (4 to 16 steps), for a smoke test")
 
-    bench = command("bench", "time each level and EM vs ML-EM sampling side by side", _bench)
+    bench = command("bench", "time each level and EM vs ML-EM sampling side by side", _bench,
+                    calibration=True)
     bench.add_argument("--count", type=_positive, default=16, help="images per batch")
     bench.add_argument("--steps", type=_positive, default=64)
     bench.add_argument("--repeats", type=_positive, default=3)
@@ -256,7 +296,7 @@ def _parser() -> argparse.ArgumentParser:
 
     dist = command("distributed-sample", "sample one batch over several processes (hosts): "
                    "start once per process; process 0 writes the gathered samples",
-                   _distributed_sample)
+                   _distributed_sample, calibration=True)
     dist.add_argument("--coordinator", required=True,
                       help="host:port of process 0, the same for every process")
     dist.add_argument("--num-processes", type=_positive, required=True)
@@ -293,13 +333,24 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        if "checkpoints" in arguments and arguments.checkpoints is None:
+        # The commands that read checkpoints default to the shipped ones (`train` writes
+        # its own to the user cache instead).
+        if (arguments.command != "train" and "checkpoints" in arguments
+                and arguments.checkpoints is None):
             from .diffusion.levels import CHECKPOINTS
 
             arguments.checkpoints = str(CHECKPOINTS)
         arguments.run(arguments)
     except (ValueError, OSError, ModuleNotFoundError) as error:
         print(f"mlem-jax: error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:  # the samplers' throw=True: a non-finite state
+        from ._throw import throw_message
+
+        message = throw_message(error)
+        if message is None:
+            raise
+        print(f"mlem-jax: error: {message}", file=sys.stderr)
         return 2
     return 0
 

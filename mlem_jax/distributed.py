@@ -12,8 +12,9 @@ The `mlem-jax distributed-sample` command is the launcher: start it once per pro
 with the same `--coordinator`, `--num-processes` and a distinct `--process-id`.
 """
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -110,8 +111,13 @@ def global_noise(key: PRNGKeyArray, count: int, image_shape: Sequence[int],
             f"`count` must be a positive multiple of the {devices} devices of mesh axis "
             f"{axis_name!r}, got {count!r}."
         )
-    shape = tuple(image_shape)
-    return jax.jit(lambda k: initial_noise(k, count, shape), out_shardings=sharding)(key)
+    return _noise_maker(count, tuple(image_shape), sharding)(key)
+
+
+@functools.cache
+def _noise_maker(count: int, shape: tuple[int, ...], sharding) -> Callable:
+    """`initial_noise` jitted to come out sharded: built, and compiled, once per batch."""
+    return jax.jit(lambda k: initial_noise(k, count, shape), out_shardings=sharding)
 
 
 def gather(x: Any) -> np.ndarray:

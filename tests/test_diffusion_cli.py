@@ -1,14 +1,23 @@
 """The `mlem-jax` command: help of every subcommand, one-line errors, a tiny `sample`."""
 
+import hashlib
 import json
+import os
+import shutil
+import stat
 import struct
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
+import equinox as eqx
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import mlem_jax
 from mlem_jax.cli import main
 from mlem_jax.diffusion import demo
 from mlem_jax.diffusion.checkpoint import save_model
@@ -61,6 +70,8 @@ def test_bad_arguments_give_one_clear_line(capsys, tmp_path, checkpoints):
     _one_line_error(capsys, ["sample", "--out", "x.jpg"], "--out must end in .png or .npz")
     _one_line_error(capsys, ["sample", "--checkpoints", str(tmp_path / "none")],
                     "no UNet checkpoints")
+    _one_line_error(capsys, ["sample", "--checkpoints", str(checkpoints), "--count", "3",
+                             "--groups", "2"], "--groups must divide --count 3, got 2")
     (checkpoints / "unet_w2.eqx").write_bytes(b"garbage")
     _one_line_error(capsys, ["sample", "--checkpoints", str(checkpoints)], "corrupted")
 
@@ -76,8 +87,15 @@ def test_tiny_sample_run(checkpoints, tmp_path, capsys):
     png = tmp_path / "s.png"
     assert main(argv[:-1] + [str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert main(argv + ["--draws", "stratified"]) == 0
+    assert main(argv + ["--draws", "stratified", "--groups", "3"]) == 0
     assert "3 samples by mlem" in capsys.readouterr().out
+    # --calibration: another file's FLOPs (EM: 4 steps of 4e9 per image). (A file
+    # without a profile would be measured again on the spot.)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"sde": {"kind": "sde", "flops": [1e9, 4e9],
+                                         "variances": [1.0], "gamma": None, "profile": {}}}))
+    assert main(argv[:4] + ["em", *argv[5:], "--calibration", str(other)]) == 0
+    assert "16.000 GFLOP/image" in capsys.readouterr().out
 
 
 def test_levels_without_a_calibration_file_are_calibrated_on_the_spot(checkpoints,
@@ -149,3 +167,121 @@ def test_the_diffusion_extra_is_named_when_missing(tmp_path):
                "tqdm: pip install 'mlem-jax[diffusion]'")
     assert done.stdout.strip() == message
     assert done.returncode == 2 and done.stderr.strip() == f"mlem-jax: error: {message}"
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _tiny_shipped(folder: Path) -> None:
+    for model in tiny_unets():
+        save_model(folder / f"unet_w{model.width}", model, image_shape=list(IMAGE_SHAPE),
+                   dataset="digits")
+    calibration = {"kind": "sde", "flops": [1e4, 4e4], "variances": [1.0], "gamma": None}
+    (folder / "calibration.json").write_text(json.dumps({"sde": calibration}))
+
+
+WRITING_COMMANDS = [["calibrate", "--count", "1", "--steps", "2"],
+                    ["distill", "--steps", "1", "--batch-size", "2", "--quiet"],
+                    ["train", "--steps", "1", "--batch-size", "2", "--widths", "3",
+                     "--dataset", "digits", "--quiet"]]
+
+
+def _check_outputs(made: dict, shipped: dict) -> None:
+    """What calibrate and distill made in the user cache directory."""
+    assert {"calibration.json", "checkpoints/unet_w1.json", "checkpoints/unet_w2.eqx"
+            } <= set(made)
+    # The teacher is copied as it is; the student is the distilled one.
+    assert made["checkpoints/unet_w2.eqx"] == shipped["unet_w2.eqx"]
+    assert made["checkpoints/unet_w1.json"] != shipped["unet_w1.json"]
+
+
+def test_writing_commands_default_to_the_user_cache(tmp_path, monkeypatch, capsys):
+    """calibrate, distill and train with their default folders, the package's checkpoint
+    folder standing in a temporary copy (the numerical work replaced by stubs): that
+    folder stays byte-identical and the outputs go to the user cache directory. The
+    slow test below runs the real commands from a read-only copy of the package."""
+    from mlem_jax.diffusion import levels as family
+    from mlem_jax.diffusion.train import TrainState
+
+    package = tmp_path / "package"
+    shipped = package / "checkpoints"
+    _tiny_shipped(shipped)
+    monkeypatch.setattr(family, "PACKAGE", package)
+    monkeypatch.setattr(family, "CHECKPOINTS", shipped)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cache = tmp_path / "cache" / "mlem-jax"
+
+    def calibrate(levels, key, image_shape, **kw):
+        return {"kind": "sde", "flops": [1.0, 4.0], "seconds": [1.0, 2.0], "errors": [1.0, 0.0],
+                "variances": [1.0], "gamma": None, "gamma_seconds": None}
+
+    def train(models, images, config, *, on_save, **kw):
+        n = len(models)
+        state = TrainState(tuple(models), tuple(models), (), jnp.asarray(1),
+                           jnp.zeros(n), jnp.asarray(0.0))
+        on_save(state)
+        return state
+
+    trained = []
+
+    def train_levels(directory, **kw):
+        trained.append(directory)
+        return train([], None, None, on_save=id)
+
+    monkeypatch.setattr(sys.modules["mlem_jax.diffusion.calibrate"], "calibrate", calibrate)
+    monkeypatch.setattr(family, "train", train)
+    monkeypatch.setattr(family, "train_levels", train_levels)
+    before = _files(shipped)
+    for argv in WRITING_COMMANDS:
+        assert main(argv) == 0
+    assert _files(shipped) == before
+    _check_outputs(_files(cache), before)
+    assert json.loads((cache / "checkpoints" / "unet_w1.json").read_text())["objective"] == \
+        "distillation"
+    assert trained == [cache / "checkpoints"]
+    assert f"use it with --calibration {cache / 'calibration.json'}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_writing_commands_leave_the_installed_package_byte_identical(tmp_path):
+    """calibrate, distill and train with their default folders, run from a read-only copy
+    of the package whose shipped checkpoints are the tiny UNets: no file of the package
+    changes or appears, and what they make goes to the user cache directory."""
+    site = tmp_path / "site"
+    package = site / "mlem_jax"
+    shutil.copytree(Path(mlem_jax.__file__).parent, package,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shipped = package / "diffusion" / "checkpoints"
+    shutil.rmtree(shipped)
+    _tiny_shipped(shipped)
+    for path in package.rglob("*"):
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    before = _files(package)
+    script = ("import sys, mlem_jax; from mlem_jax.cli import main; "
+              f"assert mlem_jax.__file__.startswith({str(site)!r}), mlem_jax.__file__; "
+              f"sys.exit(max(main(argv) for argv in {WRITING_COMMANDS!r}))")
+    cache = tmp_path / "cache"
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(site),
+                                          "XDG_CACHE_HOME": str(cache),
+                                          "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _files(package) == before
+    made = _files(cache / "mlem-jax")
+    _check_outputs(made, _files(shipped))
+    assert {"checkpoints/distill_state.eqx", "checkpoints/train_state.eqx"} <= set(made)
+    assert f"use it with --calibration {cache / 'mlem-jax' / 'calibration.json'}" in done.stdout
+
+
+def test_a_non_finite_sample_is_one_line_naming_the_step(checkpoints, tmp_path, capsys):
+    """The samplers run with throw=True: a UNet with a NaN weight stops `sample` with one
+    line naming the step, its time and the levels evaluated there."""
+    small, large = tiny_unets()
+    broken = jax.tree_util.tree_map(lambda x: x * np.nan if eqx.is_inexact_array(x) else x,
+                                    large)
+    save_model(checkpoints / f"unet_w{large.width}", broken, image_shape=list(IMAGE_SHAPE))
+    _one_line_error(capsys, ["sample", "--checkpoints", str(checkpoints), "--method", "em",
+                             "--steps", "4", "--count", "2", "--out", str(tmp_path / "s.npz")],
+                    "throw=True: the state after step 0 (t = 1) is not finite")

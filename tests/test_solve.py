@@ -221,3 +221,27 @@ def test_diffrax_unsafe_brownian_path_gives_increments_of_variance_dt(t0, t1):
     sol = mlem_jax.solve([lambda t, y, a: jnp.zeros_like(y)], jnp.zeros(20_000), t0, t1,
                          10, diffusion=lambda t, y, a: 1.0, brownian=path)
     assert abs(float(jnp.var(sol.ys)) - 1.0) < 5 * np.sqrt(2 / 20_000)
+
+
+def _variance_of_x1(key_pairs, p=0.5, num_steps=64):
+    """Var(X_1) over paths of dX = F dt + dW, levels f^1 = 0 and f^2 = 1, one key pair
+    (level draws, Brownian increments) per path."""
+    levels = [lambda t, y, a: jnp.zeros_like(y), lambda t, y, a: jnp.ones_like(y)]
+    ys = jax.vmap(lambda k, b: mlem_jax.solve(
+        levels, jnp.zeros(()), 0.0, 1.0, num_steps, probabilities=[1.0, p], key=k,
+        diffusion=lambda t, y, a: 1.0, brownian=b).ys)(*key_pairs)
+    return float(jnp.var(ys))
+
+
+def test_one_key_for_the_level_draws_and_the_noise_is_correct():
+    """`key=k, brownian=k` must give the variance of independent keys: Var(X_1) =
+    Var(W_1) + h^2 N Var(B / p) = 1 + (1 - p) / (p N) = 1 + 1/64. The sample variance
+    of n near-normal values has standard error sqrt(2 / n) Var; the tolerance is 4 of
+    them. (Draws and increments from the same fold_in(k, n) gave 0.82.)"""
+    n, exact = 20_000, 1.0 + 1.0 / 64
+    keys = jax.random.split(jax.random.key(0), 2 * n)
+    same = _variance_of_x1((keys[:n], keys[:n]))
+    separate = _variance_of_x1((keys[:n], keys[n:]))
+    tolerance = 4 * np.sqrt(2 / n) * exact
+    assert abs(separate - exact) < tolerance, separate
+    assert abs(same - exact) < tolerance, same

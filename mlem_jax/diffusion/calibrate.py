@@ -123,4 +123,5 @@ def write_calibration(path: str | os.PathLike, result: dict) -> None:
     path = Path(path)
     stored = json.loads(path.read_text()) if path.exists() else {}
     stored[result["kind"]] = result
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(stored, indent=2) + "\n")

@@ -1,5 +1,8 @@
 """A small CNN digit classifier whose pooled features define the Frechet distance."""
 
+import functools
+from collections.abc import Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -58,6 +61,21 @@ def _loss(model: Classifier, images: Array, labels: Array) -> Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+@functools.cache
+def _training(steps: int) -> tuple[optax.GradientTransformation, Callable]:
+    """Adam with cosine decay over `steps`, and its jitted step: built once per `steps`,
+    so a second training of the same shapes does not compile again."""
+    transform = optax.adam(optax.cosine_decay_schedule(3e-3, steps, 0.1))
+
+    @eqx.filter_jit
+    def step(model, opt_state, x, y):
+        grads = eqx.filter_grad(_loss)(model, x, y)
+        updates, opt_state = transform.update(grads, opt_state)
+        return eqx.apply_updates(model, updates), opt_state
+
+    return transform, step
+
+
 def train_classifier(images: np.ndarray, labels: np.ndarray, *, width: int = 16,
                      steps: int = 600, batch_size: int = 128, seed: int = 0
                      ) -> Classifier:
@@ -74,15 +92,8 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, *, width: int = 16,
     """
     model = Classifier(width, images.shape[1], int(labels.max()) + 1, images.shape[-1],
                        key=jax.random.key(seed))
-    transform = optax.adam(optax.cosine_decay_schedule(3e-3, steps, 0.1))
+    transform, step = _training(steps)
     opt_state = transform.init(eqx.filter(model, eqx.is_array))
-
-    @eqx.filter_jit
-    def step(model, opt_state, x, y):
-        grads = eqx.filter_grad(_loss)(model, x, y)
-        updates, opt_state = transform.update(grads, opt_state)
-        return eqx.apply_updates(model, updates), opt_state
-
     rng = np.random.default_rng(seed)
     for _ in range(steps):
         chosen = rng.integers(0, len(images), batch_size)
@@ -90,7 +101,12 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, *, width: int = 16,
     return model
 
 
+@eqx.filter_jit
+def _logits(model: Classifier, images: Array) -> Array:
+    return jax.vmap(model)(images)
+
+
 def accuracy(model: Classifier, images: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of `images` classified as `labels`."""
-    predicted = jnp.argmax(jax.jit(jax.vmap(model))(jnp.asarray(images)), axis=-1)
+    predicted = jnp.argmax(_logits(model, jnp.asarray(images)), axis=-1)
     return float(jnp.mean(predicted == jnp.asarray(labels)))

@@ -21,12 +21,14 @@ from .runner import Setting, compile_sampler, run_setting
 from .sample import T_MIN, initial_noise, score_levels, stitch_switch
 
 
-def prepare(directory: str | os.PathLike = CHECKPOINTS, kind: str = "sde", seed: int = 0
+def prepare(directory: str | os.PathLike = CHECKPOINTS, kind: str = "sde", seed: int = 0,
+            calibration: str | os.PathLike | None = None
             ) -> tuple[list, tuple[int, ...], dict]:
     """Load the levels of `directory` as `kind` drifts and their calibration.
 
-    The calibration is read from `<directory>/calibration.json` (written by
-    `mlem-jax calibrate`), or measured now on a short run when it is missing.
+    The calibration is read from the file `calibration` (default
+    `<directory>/calibration.json`; both as written by `mlem-jax calibrate`), or
+    measured now on a short run when it is missing.
 
     **Returns:**
 
@@ -35,7 +37,8 @@ def prepare(directory: str | os.PathLike = CHECKPOINTS, kind: str = "sde", seed:
     models, manifests = load_levels(directory)
     levels = score_levels(models, kind)
     image_shape = tuple(manifests[-1]["image_shape"])
-    calibration = read_calibration(Path(directory) / "calibration.json", kind)
+    path = Path(directory) / "calibration.json" if calibration is None else calibration
+    calibration = read_calibration(path, kind)
     if (calibration is None or len(calibration["flops"]) != len(levels)
             or "profile" not in calibration):
         calibration = calibrate(levels, jax.random.key(seed), image_shape, count=8,
@@ -44,34 +47,36 @@ def prepare(directory: str | os.PathLike = CHECKPOINTS, kind: str = "sde", seed:
 
 
 def demo_settings(calibration: dict, em_steps: int = 32, mlem_steps: int = 64,
-                  top_level_evaluations: float = 8.0) -> list[Setting]:
+                  top_level_evaluations: float = 8.0, groups: int = 1) -> list[Setting]:
     """EM with the largest UNet, ML-EM with all of them (the largest drawn about
     `top_level_evaluations` times) with constant p_l, with stratified draws and with
-    p_l(t) on the sensitivity-weighted v_l(t), T-Stitch (half the time span on the
-    second largest)."""
+    p_l(t) on the sensitivity-weighted v_l(t), each in `groups` groups of the batch with
+    draws of their own, T-Stitch (half the time span on the second largest)."""
     m = top_level_evaluations
     schedule = schedule_for(calibration, mlem_steps, m, weighted=True)
     return [
         Setting("em", em_steps, label=f"EM, largest UNet, {em_steps} steps"),
         Setting("mlem", mlem_steps, probabilities_for(calibration, mlem_steps, m),
-                label=f"ML-EM, {mlem_steps} steps, m={m:g}"),
+                label=f"ML-EM, {mlem_steps} steps, m={m:g}", groups=groups),
         Setting("mlem", mlem_steps,
                 probabilities_for(calibration, mlem_steps, m, "stratified"),
-                label=f"ML-EM stratified, {mlem_steps} steps, m={m:g}", draws="stratified"),
+                label=f"ML-EM stratified, {mlem_steps} steps, m={m:g}", draws="stratified",
+                groups=groups),
         Setting("mlem", mlem_steps, tuple(map(tuple, schedule.tolist())),
-                label=f"ML-EM p(t), {mlem_steps} steps, m={m:g}"),
+                label=f"ML-EM p(t), {mlem_steps} steps, m={m:g}", groups=groups),
         Setting("tstitch", em_steps, switch=stitch_switch(0.5),
                 label=f"T-Stitch 50%, {em_steps} steps"),
     ]
 
 
 def frontier_settings(calibration: dict, em_steps: Sequence[int], mlem_steps: int,
-                      budgets: Sequence[float]) -> dict[str, list[Setting]]:
+                      budgets: Sequence[float], groups: int = 1) -> dict[str, list[Setting]]:
     """EM at each of `em_steps`, ML-EM with `mlem_steps` steps and each budget m of
-    top-level evaluations (constant p_l, random and stratified draws)."""
+    top-level evaluations (constant p_l, random and stratified draws, in `groups`
+    groups)."""
     def mlem(m: float, draws: str) -> Setting:
         p = probabilities_for(calibration, mlem_steps, m, draws)
-        return Setting("mlem", mlem_steps, p, label=f"m={m:g}", draws=draws)
+        return Setting("mlem", mlem_steps, p, label=f"m={m:g}", draws=draws, groups=groups)
 
     return {
         "EM, largest UNet": [Setting("em", n, label=f"N={n}") for n in em_steps],
@@ -87,11 +92,14 @@ _QUICK = (4, 8, 2.0, 16, (4, 8), (2.0,))
 
 
 def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 64, seed: int = 0,
-             out_dir: str | os.PathLike = ".", quick: bool = False) -> dict:
+             out_dir: str | os.PathLike = ".", quick: bool = False,
+             calibration: str | os.PathLike | None = None) -> dict:
     """Sample with EM, ML-EM (constant p_l, stratified draws, p_l(t)) and T-Stitch from
     the same noise and Brownian path, and with EM and ML-EM at several costs; print
     cost and strong error against a fine EM reference; write the samples side by side
-    (`demo_samples.png`) and the cost-error frontier (`demo_frontier.png`).
+    (`demo_samples.png`) and the cost-error frontier (`demo_frontier.png`). ML-EM draws
+    the levels of each image on its own (`groups=count`), so the strong error, a mean
+    over the images, averages `count` draw sequences instead of carrying one.
 
     **Arguments:**
 
@@ -100,6 +108,7 @@ def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 64, see
     - `seed`: PRNG seed of the noise, the Brownian path and the level draws.
     - `out_dir`: where the PNGs go.
     - `quick`: fewer and shorter runs (4 to 16 steps), for a smoke test.
+    - `calibration`: the calibration file (default `<directory>/calibration.json`).
 
     **Returns:**
 
@@ -109,7 +118,7 @@ def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 64, see
     start = time.perf_counter()
     em_steps, mlem_steps, m, reference_steps, frontier_steps, budgets = (
         _QUICK if quick else _FULL)
-    levels, image_shape, calibration = prepare(directory, "sde", seed)
+    levels, image_shape, calibration = prepare(directory, "sde", seed, calibration)
     noise_key, path_key, draw_key = jax.random.split(jax.random.key(seed), 3)
     x1 = initial_noise(noise_key, count, image_shape)
     path = grid_brownian_path(path_key, x1.shape, reference_steps, T_MIN)
@@ -125,10 +134,12 @@ def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 64, see
                  "seconds": outcome.seconds, "error": error}, outcome.samples)
 
     reference = run_setting(Setting("em", reference_steps), levels, x1, path, None, flops, cache)
-    runs = [run(setting) for setting in demo_settings(calibration, em_steps, mlem_steps, m)]
+    runs = [run(setting)
+            for setting in demo_settings(calibration, em_steps, mlem_steps, m, groups=count)]
     rows = [row for row, _ in runs]
     frontier = {name: [run(setting)[0] for setting in settings] for name, settings in
-                frontier_settings(calibration, frontier_steps, mlem_steps, budgets).items()}
+                frontier_settings(calibration, frontier_steps, mlem_steps, budgets,
+                                  groups=count).items()}
 
     width = max(len(row["method"]) for row in rows)
     print(f"{'method':<{width}} {'GFLOP/image':>12} {'seconds':>8} {'strong error':>13}")
@@ -155,7 +166,8 @@ def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 64, see
         out_dir / "demo_frontier.png", curves,
         title=f"{count} images from the same noise and Brownian path; strong error against "
               f"EM with {reference_steps} steps")
-    print(f"reference: EM, largest UNet, {reference_steps} steps; {count} images; "
+    print(f"reference: EM, largest UNet, {reference_steps} steps; {count} images, ML-EM's "
+          "level draws their own; "
           f"gamma = {calibration['gamma'] or float('nan'):.2f}; wrote {samples} and "
           f"{figure}; {time.perf_counter() - start:.0f} s in all")
     return {"rows": rows, "frontier": frontier, "samples_png": str(samples),
@@ -163,14 +175,15 @@ def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 64, see
 
 
 def run_bench(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 16,
-              num_steps: int = 64, repeats: int = 3, seed: int = 0) -> dict:
+              num_steps: int = 64, repeats: int = 3, seed: int = 0,
+              calibration: str | os.PathLike | None = None) -> dict:
     """Per-level cost, and EM vs ML-EM sampling with the same step count timed in turns.
 
     **Returns:**
 
     A dict with per-image FLOPs and seconds per level and the two sampling times.
     """
-    levels, image_shape, calibration = prepare(directory, "sde", seed)
+    levels, image_shape, calibration = prepare(directory, "sde", seed, calibration)
     noise_key, path_key, draw_key = jax.random.split(jax.random.key(seed), 3)
     x1 = initial_noise(noise_key, count, image_shape)
     costs = level_costs(levels, 1.0, x1, repeats=repeats * 5)

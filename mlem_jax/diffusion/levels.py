@@ -1,6 +1,7 @@
 """The shipped level family: which UNets, where their checkpoints live, train and load."""
 
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
@@ -16,8 +17,27 @@ from .unet import UNet
 
 WIDTHS = (2, 4, 8, 16)
 MULTIPLIERS = (1, 2, 2)
-CHECKPOINTS = Path(__file__).parent / "checkpoints"
+CHECKPOINTS = Path(__file__).parent / "checkpoints"  # shipped: read, never written
+PACKAGE = Path(__file__).parents[1]
 _TRAINING_KEYS = ("objective", "steps", "final_loss", "train_seconds", "config", "notes")
+
+
+def user_directory() -> Path:
+    """Where mlem-jax writes what it makes unless told where: `$XDG_CACHE_HOME/mlem-jax`,
+    or `~/.cache/mlem-jax`. Never the installed package."""
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "mlem-jax"
+
+
+def in_package(path: str | os.PathLike) -> bool:
+    """Whether `path` lies inside the installed `mlem_jax` package."""
+    return Path(path).resolve().is_relative_to(PACKAGE.resolve())
+
+
+def output_directory(directory: str | os.PathLike) -> Path:
+    """`directory`, or `user_directory() / "checkpoints"` when it is inside the installed
+    package (the shipped checkpoints are read-only defaults)."""
+    return user_directory() / "checkpoints" if in_package(directory) else Path(directory)
 
 
 def level_name(width: int) -> str:
@@ -46,7 +66,7 @@ def _save_level(directory: Path, model: UNet, dataset: str, images, state: Train
 
 
 def train_levels(
-    directory: str | os.PathLike = CHECKPOINTS,
+    directory: str | os.PathLike | None = None,
     *,
     dataset: str = "mnist",
     widths: Sequence[int] = WIDTHS,
@@ -59,7 +79,8 @@ def train_levels(
 
     **Arguments:**
 
-    - `directory`: where the checkpoints `unet_w<width>.eqx/.json` go.
+    - `directory`: where the checkpoints `unet_w<width>.eqx/.json` go (default
+        `user_directory() / "checkpoints"`).
     - `dataset`: `"mnist"` or `"digits"` (see `load_dataset`).
     - `widths`: the level widths, cheapest first.
     - `config`: a `TrainConfig`.
@@ -70,7 +91,7 @@ def train_levels(
 
     The final `TrainState`.
     """
-    directory = Path(directory)
+    directory = user_directory() / "checkpoints" if directory is None else Path(directory)
     data = load_dataset(dataset, "train")
     state_path = directory / "train_state.eqx" if state_path is None else state_path
     models = build_family(widths, channels=data.images.shape[1], seed=config.seed,
@@ -88,13 +109,15 @@ def train_levels(
 def distill_levels(
     directory: str | os.PathLike = CHECKPOINTS,
     *,
+    out_dir: str | os.PathLike | None = None,
     config: TrainConfig = TrainConfig(steps=1500, learning_rate=1e-3, warmup=50),
     state_path: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> TrainState:
     """Distil every level but the largest from the largest (`distillation_loss`),
-    starting from their checkpoints in `directory`, and overwrite those checkpoints with
-    the EMA weights whenever the training state is saved.
+    starting from their checkpoints in `directory`, and write the EMA weights to
+    `out_dir` whenever the training state is saved, with a copy of the teacher's
+    checkpoint, so that `out_dir` holds the whole distilled family.
 
     Independently trained levels differ by their training noise as well as by their
     capacity; ML-EM pays for every bit of f^l - f^(l-1) (v_l), so levels that imitate
@@ -105,8 +128,11 @@ def distill_levels(
     **Arguments:**
 
     - `directory`: the trained levels (`unet_w<width>`, at least two).
+    - `out_dir`: where the distilled checkpoints go; default `directory` itself, or
+        `user_directory() / "checkpoints"` when `directory` is inside the installed
+        package (the shipped levels are never overwritten).
     - `config`: a `TrainConfig` (data order, steps, learning rate).
-    - `state_path`: the resumable state (default `<directory>/distill_state.eqx`).
+    - `state_path`: the resumable state (default `<out_dir>/distill_state.eqx`).
     - `progress`: show a progress bar.
 
     **Returns:**
@@ -125,12 +151,19 @@ def distill_levels(
                   for m in manifests[:-1]]
     teacher_record = {"width": teacher.width, "sha256": teacher_manifest["sha256"]}
 
+    out_dir = output_directory(directory) if out_dir is None else Path(out_dir)
+    if out_dir.resolve() != directory.resolve():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for suffix in (".eqx", ".json"):
+            name = level_name(teacher.width) + suffix
+            shutil.copyfile(directory / name, out_dir / name)
+
     def write_checkpoints(state: TrainState) -> None:
         for model, loss, before in zip(state.ema, state.loss.tolist(), pretrained):
-            _save_level(directory, model, dataset, data.images, state, loss, config,
+            _save_level(out_dir, model, dataset, data.images, state, loss, config,
                         objective="distillation", teacher=teacher_record, pretrained=before)
 
-    state_path = directory / "distill_state.eqx" if state_path is None else state_path
+    state_path = out_dir / "distill_state.eqx" if state_path is None else state_path
     return train(students, data.images, config, teacher=teacher, state_path=state_path,
                  on_save=write_checkpoints, progress=progress)
 

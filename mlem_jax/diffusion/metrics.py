@@ -1,5 +1,6 @@
 """Errors and sample quality: RMS strong error, FID-style Frechet distance on features."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,11 +21,16 @@ def strong_error(samples: Array | np.ndarray, reference: Array | np.ndarray) -> 
     return float(jnp.sqrt(jnp.mean(squared)))
 
 
+@eqx.filter_jit
+def _features(model: Classifier, images: Array) -> Array:
+    """Compiled once per model structure and batch shape, not once per call."""
+    return jax.vmap(model.features)(images)
+
+
 def classifier_features(model: Classifier, images: Array | np.ndarray, batch_size: int = 500
                         ) -> np.ndarray:
     """`model.features` of every image, (n, f), in batches of `batch_size`."""
-    run = jax.jit(jax.vmap(model.features))
-    parts = [np.asarray(run(jnp.asarray(images[i:i + batch_size])))
+    parts = [np.asarray(_features(model, jnp.asarray(images[i:i + batch_size])))
              for i in range(0, len(images), batch_size)]
     return np.concatenate(parts).astype(np.float64)
 

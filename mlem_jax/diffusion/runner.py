@@ -23,6 +23,7 @@ class Setting(NamedTuple):
     - `method`: `"em"`, `"mlem"` or `"tstitch"`; `num_steps`: steps from 1 to t_min.
     - `probabilities`: p_l for ML-EM, (K,) or a schedule (num_steps, K) as nested
         tuples or an array; `draws`: ML-EM's `"random"` or `"stratified"` level draws;
+        `groups`: ML-EM's groups of the batch with draws of their own (see `sample`);
         `switch`, `small`: T-Stitch's hand-over.
     - `label`: a short description for tables.
     """
@@ -34,6 +35,7 @@ class Setting(NamedTuple):
     small: int = -2
     label: str = ""
     draws: str = "random"
+    groups: int = 1
 
 
 class Outcome(NamedTuple):
@@ -46,6 +48,7 @@ class Outcome(NamedTuple):
 
 
 Sampler = Callable[[Sequence[ScoreDrift], Array, Any, PRNGKeyArray, Array | None], Solution]
+_COMPILED: dict = {}  # run_setting's samplers, by signature, when the caller keeps none
 
 
 def compile_sampler(setting: Setting, levels: Sequence[ScoreDrift] | LevelFamily,
@@ -72,7 +75,7 @@ def compile_sampler(setting: Setting, levels: Sequence[ScoreDrift] | LevelFamily
         solution = sample(
             setting.method, levels, x1, setting.num_steps, key=key,
             brownian=brownian, probabilities=probabilities, draws=setting.draws,
-            switch=setting.switch, small=setting.small,
+            groups=setting.groups, switch=setting.switch, small=setting.small,
         )
         if not mlem or family:
             return solution
@@ -106,10 +109,11 @@ def run_setting(setting: Setting, levels: Sequence[ScoreDrift] | LevelFamily, x1
     - `brownian`: a PRNG key or a Brownian path of the shape of `x1` (SDE levels).
     - `key`: PRNG key of the ML-EM level draws.
     - `flops`: FLOPs of one evaluation of each level per image, (K,).
-    - `cache`: a dict owned by the caller that keeps compiled samplers between calls
-        with the same method, steps, draws, switch, needed levels and arguments of the
-        same structure, shapes, dtypes (levels' included) and sharding; each call runs
-        its own `levels`.
+    - `cache`: a dict that keeps compiled samplers between calls with the same method,
+        steps, draws, groups, switch, needed levels and arguments of the same structure,
+        shapes, dtypes (levels' included) and sharding; each call runs its own `levels`.
+        Default: one dict for the whole process, so a second call with the same shapes
+        does not compile again.
 
     **Returns:**
 
@@ -118,11 +122,11 @@ def run_setting(setting: Setting, levels: Sequence[ScoreDrift] | LevelFamily, x1
     needed = needed_levels(setting.probabilities) if setting.method == "mlem" else None
     arrays = eqx.filter(_as_tree(levels), eqx.is_array)
     leaves = tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree_util.tree_leaves(arrays))
-    signature = (setting.method, setting.num_steps, setting.draws, setting.switch,
-                 setting.small, needed, np.shape(setting.probabilities), x1.shape, x1.dtype,
-                 getattr(x1, "sharding", None), type(brownian).__name__,
+    signature = (setting.method, setting.num_steps, setting.draws, setting.groups,
+                 setting.switch, setting.small, needed, np.shape(setting.probabilities),
+                 x1.shape, x1.dtype, getattr(x1, "sharding", None), type(brownian).__name__,
                  jax.tree_util.tree_structure(arrays), leaves)
-    cache = {} if cache is None else cache
+    cache = _COMPILED if cache is None else cache
     if signature not in cache:
         cache[signature] = compile_sampler(setting, levels, x1, brownian)
     run = cache[signature]

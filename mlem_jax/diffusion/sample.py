@@ -64,10 +64,12 @@ def sample(
     brownian: Any = None,
     probabilities: Any = None,
     draws: str = "random",
+    groups: int = 1,
     switch: float | None = None,
     small: int = -2,
     t_min: float = T_MIN,
     saveat: Any = None,
+    throw: bool = True,
 ) -> Solution:
     """Integrate the reverse process of `levels` from t = 1 to `t_min` with `solve`.
 
@@ -88,9 +90,15 @@ def sample(
         `mlem_jax.diffusion.calibrate.schedule_for`).
     - `draws`: ML-EM's level draws, `"random"` or `"stratified"` (see
         `mlem_jax.draw_levels`).
+    - `groups`: ML-EM: G groups of the batch (a divisor of its size) with level draws
+        of their own (see `mlem_jax.solve`). 1: the batch shares one draw sequence, so
+        all its samples carry the same randomisation error and statistics over the
+        batch (a mean, an FD) do not average it out; `len(x1)`: every sample its own.
     - `switch`, `small`: the T-Stitch switch time and the index of its small level.
     - `t_min`: the final time.
     - `saveat`: passed to `solve`.
+    - `throw`: stop at the first non-finite state with an error naming the step, its
+        time and the levels evaluated there (`solve(..., throw=True)`); on by default.
 
     **Returns:**
 
@@ -123,6 +131,7 @@ def sample(
         key=key if method == "mlem" else None, draws=draws,
         diffusion=process.sde.diffusion if sde_kind else None,
         brownian=brownian if sde_kind else None, saveat=saveat,
+        groups=groups if method == "mlem" else 1, throw=throw,
     )
 
 
