@@ -4,7 +4,7 @@ import importlib.metadata
 
 from ._calibrate import LevelCosts, LevelStatistics, fit_gamma, level_costs, level_statistics
 from ._diffrax import MLEM, MLEMSolverState, MultilevelTerm, evaluations
-from ._family import FamilyLevel, LevelFamily, marginal_costs
+from ._family import FamilyLevel, LevelFamily, StackedFamily, marginal_costs
 from ._frontier import cost_to_reach, frontier_slope, pareto_frontier
 from ._levels import (
     draw_levels, family_drift, levels_to_evaluate, multilevel_drift, needed_levels,
@@ -44,6 +44,7 @@ __all__ = [
     "SampledBrownianPath",
     "Solution",
     "SpeedupPrediction",
+    "StackedFamily",
     "VarianceProfile",
     "batch_mesh",
     "batch_sharding",

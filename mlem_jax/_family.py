@@ -98,3 +98,36 @@ def marginal_costs(costs: Any) -> np.ndarray:
     c = np.asarray(costs, dtype=np.float64)
     return np.diff(c, prepend=0.0)
 
+
+class StackedFamily(LevelFamily):
+    """A `LevelFamily` with separate levels above its top: levels 1..K of `family`, then
+    `above[0]`, `above[1]`, ... A pass to one of the levels above runs the whole family
+    and the separate levels up to it, so a cheap family of early exits can carry an
+    accurate model trained on its own as the top of the ladder.
+
+    **Arguments:**
+
+    - `family`: the shared levels, cheapest first.
+    - `above`: callables `f(t, y, args)`, each more accurate than the last.
+    """
+
+    family: LevelFamily
+    above: tuple
+
+    def __init__(self, family: LevelFamily, above: Any):
+        self.family, self.above = family, tuple(above)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.family) + len(self.above)
+
+    def evaluate(self, t: Any, y: PyTree, args: Any, depth: int) -> tuple[PyTree, ...]:
+        shared = self.family.evaluate(t, y, args, min(depth, len(self.family)))
+        return shared + tuple(level(t, y, args)
+                              for level in self.above[: depth - len(self.family)])
+
+    def __getattr__(self, name: str) -> Any:
+        # Attributes of the shared family (e.g. a diffusion family's `sde` and `kind`).
+        if name.startswith("__") or name in ("family", "above"):
+            raise AttributeError(name)
+        return getattr(self.family, name)

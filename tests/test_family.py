@@ -179,3 +179,19 @@ def test_level_statistics_of_a_family_equal_those_of_its_levels():
     b = mlem_jax.level_statistics(list(shared), ts, ys)
     np.testing.assert_allclose(a.variances, b.variances, rtol=1e-5)
     np.testing.assert_allclose(a.errors, b.errors, rtol=1e-5, atol=1e-6)
+
+
+def test_stacked_family_runs_the_family_then_the_levels_above():
+    calls = []
+    shared = family(calls, levels=3)
+    top = lambda t, y, a: jnp.sin(y) - y  # noqa: E731
+    stacked = mlem_jax.StackedFamily(shared, [top])
+    assert len(stacked) == 4 and stacked.calls is calls
+    outputs = stacked.evaluate(0.2, Y0, None, 4)
+    np.testing.assert_allclose(outputs[3], top(0.2, Y0, None))
+    np.testing.assert_allclose(outputs[2], shared[2](0.2, Y0, None))
+    assert len(stacked.evaluate(0.2, Y0, None, 2)) == 2
+    a = run(stacked)
+    b = run(list(stacked))
+    np.testing.assert_allclose(a.ys, b.ys, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(a.evaluations, b.evaluations)
