@@ -17,7 +17,11 @@ steps, EMA weights):
     jointly with a loss on every exit: a `LevelFamily`, so a step that draws levels
     1..L runs one pass to exit L;
 - `exits_v`: the same with a penalty on the neighbouring exits' squared differences
-    (v_l in noise units), weight `consistency`.
+    (v_l in noise units), weight `consistency`;
+- `exits_x`: the same as `exits` with the input x given to every block, not only the
+    first layer;
+- `stacked`: the `exits` network with the top independent network above it (a
+    `StackedFamily`): a cheap family under an accurate model trained on its own.
 
 **Per family.** delta_l (RMS over points of ||f^l - f_exact||, the drift error against
 the exact drift) and v_l = E||f^l - f^(l-1)||^2 on points along the reference
@@ -78,7 +82,7 @@ FULL = dict(
                        ema_decay=0.999, seed=0),
     distill_steps=3000, timing_batch=256, reference_steps=3072,
     em_steps=(16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024),
-    mlem_steps=(64, 96, 128, 192, 256, 384, 512, 768, 1024),
+    mlem_steps=(64, 96, 128, 192, 256, 384, 512, 768),
     budgets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64), draws=("random", "stratified"),
     depth_draws=("stratified",), draw_seeds=3, fractions=(0.25, 0.5, 0.75),
     points_every=32, point_paths=64, quality_batches=8, exact_samples=10_000,
@@ -92,7 +96,7 @@ QUICK = dict(
     mlem_steps=(32, 64), budgets=(2, 8), draw_seeds=2, fractions=(0.5,), points_every=16,
     point_paths=8, quality_batches=3, exact_samples=500,
 )
-FAMILIES = ("independent", "distilled", "exits", "exits_v", "exits_x")
+FAMILIES = ("independent", "distilled", "exits", "exits_v", "exits_x", "stacked")
 # The early-exit families: (weight of the consistency penalty, input to every block).
 EXITS = {"exits": (0.0, False), "exits_v": (None, False), "exits_x": (0.0, True)}
 DRAWS = ("random", "stratified")
@@ -110,6 +114,9 @@ def train_family(name: str, mixture, config: dict, directory: Path) -> list[Resi
     else:
         shapes = [ResidualMLP(dim, w, (w, w), key=jax.random.key(i))
                   for i, w in enumerate(widths)]
+    if name == "stacked":  # the exits under the top independent network
+        return (train_family("exits", mixture, config, directory)
+                + train_family("independent", mixture, config, directory)[-1:])
     paths = [directory / name / f"level{i}" for i in range(len(shapes))]
     try:
         return [load_model(p)[0] for p in paths]
@@ -144,6 +151,8 @@ def as_levels(name: str, models: list[ResidualMLP]):
     """ML-EM levels: a list of `ScoreDrift`s, or the `ExitFamily` of one network."""
     if name in EXITS:
         return ExitFamily(models[0], SDE)
+    if name == "stacked":
+        return mlem_jax.StackedFamily(ExitFamily(models[0], SDE), [ScoreDrift(models[1], SDE)])
     return [ScoreDrift(model, SDE) for model in models]
 
 
@@ -451,7 +460,8 @@ def measure_family_levels(levels, bench: Bench, config: dict) -> dict:
 # ------------------------------------------------------------------------------ summary
 FAMILY_NAMES = {"independent": "independent", "distilled": "distilled down the ladder",
                 "exits": "early exits, joint", "exits_v": "early exits, joint + v penalty",
-                "exits_x": "early exits, joint, input to every block"}
+                "exits_x": "early exits, joint, input to every block",
+                "stacked": "early exits under the independent top"}
 METHOD_NAMES = {"mlem_random": "ML-EM, random draws",
                 "mlem_stratified": "ML-EM, stratified draws", "tstitch": "T-Stitch"}
 

@@ -131,16 +131,29 @@ def level_costs(
     """FLOPs (XLA's cost analysis) and median seconds of one evaluation of each level at
     (t, y). The arrays inside equinox modules are arguments, not constants, so XLA
     cannot fold them away; a level of the same structure and shapes is compiled once
-    per process.
+    per process. For a `LevelFamily`, the cost of level l is that of a pass to level l
+    that returns every level up to it, as ML-EM's steps run it (cumulative costs).
     """
     levels = check_levels(levels)
     t = jnp.asarray(t)  # an argument, as in a solve, not a constant to fold
+    if isinstance(levels, LevelFamily):
+        levels = [_Pass(levels, depth) for depth in range(1, len(levels) + 1)]
     flops, seconds = [], []
     for level in levels:
         compiled = _evaluate.lower(level, t, y, args).compile()  # cached by `_evaluate`
         flops.append(_flops(compiled.compiled))
         seconds.append(median_seconds(compiled, level, t, y, args, repeats=repeats))
     return LevelCosts(flops=np.asarray(flops), seconds=np.asarray(seconds))
+
+
+class _Pass(eqx.Module):
+    """A pass of a family to `depth`, returning every level up to it."""
+
+    family: LevelFamily
+    depth: int = eqx.field(static=True)
+
+    def __call__(self, t: Any, y: PyTree, args: Any) -> tuple[PyTree, ...]:
+        return self.family.evaluate(t, y, args, self.depth)
 
 
 @eqx.filter_jit

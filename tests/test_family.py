@@ -195,3 +195,15 @@ def test_stacked_family_runs_the_family_then_the_levels_above():
     b = run(list(stacked))
     np.testing.assert_allclose(a.ys, b.ys, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(a.evaluations, b.evaluations)
+
+
+def test_family_costs_are_those_of_a_pass_returning_every_level():
+    # The top of a StackedFamily does not use the family's outputs: a lone evaluation of
+    # it would cost the top alone, while ML-EM's pass to it runs the family too.
+    shared = family(levels=3)
+    top = lambda t, y, a: y @ jnp.ones((3, 3))  # noqa: E731
+    stacked = mlem_jax.StackedFamily(shared, [top])
+    costs = mlem_jax.level_costs(stacked, 0.3, Y0, repeats=1).flops
+    alone = mlem_jax.level_costs([top], 0.3, Y0, repeats=1).flops[0]
+    assert (np.diff(costs) > 0).all()
+    assert costs[3] > costs[2] + 0.9 * alone
