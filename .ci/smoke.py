@@ -25,13 +25,27 @@ def core() -> None:
     installed(mlem_jax)
     assert (Path(mlem_jax.__file__).parent / "py.typed").exists()
     levels = mlem_jax.random_feature_levels(jax.random.key(0), 4, [8, 32, 128], alpha=1.0)
-    run = mlem_jax.solve(levels, jnp.ones(4), 0.0, 1.0, 32, probabilities=[1.0, 0.5, 0.1],
-                         key=jax.random.key(1), diffusion=lambda t, y, a: 0.3,
-                         brownian=jax.random.key(2))
+    run = mlem_jax.solve(
+        levels,
+        jnp.ones(4),
+        0.0,
+        1.0,
+        32,
+        probabilities=[1.0, 0.5, 0.1],
+        key=jax.random.key(1),
+        diffusion=lambda t, y, a: 0.3,
+        brownian=jax.random.key(2),
+    )
     assert run.ys.shape == (4,) and bool(jnp.isfinite(run.ys).all())
-    sol = diffrax.diffeqsolve(mlem_jax.MultilevelTerm(levels, [1.0, 0.5, 0.1]),
-                              mlem_jax.MLEM(jax.random.key(1)), 0.0, 1.0, 0.1, jnp.ones(4),
-                              saveat=diffrax.SaveAt(t1=True, solver_state=True))
+    sol = diffrax.diffeqsolve(
+        mlem_jax.MultilevelTerm(levels, [1.0, 0.5, 0.1]),
+        mlem_jax.MLEM(jax.random.key(1)),
+        0.0,
+        1.0,
+        0.1,
+        jnp.ones(4),
+        saveat=diffrax.SaveAt(t1=True, solver_state=True),
+    )
     assert int(mlem_jax.evaluations(sol)[0]) == 10
     try:
         import mlem_jax.diffusion  # noqa: F401
@@ -40,13 +54,18 @@ def core() -> None:
     else:
         raise AssertionError("mlem_jax.diffusion imported without the diffusion extra")
     assert "\n" not in message and "pip install 'mlem-jax[diffusion]'" in message, message
-    done = subprocess.run([sys.executable, "-m", "mlem_jax.cli", "sample"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "mlem_jax.cli", "sample"], capture_output=True, text=True
+    )
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "mlem-jax[diffusion]" in lines[0], (
-        done.returncode, done.stderr)
-    print(f"smoke core: mlem_jax {mlem_jax.__version__} from {installed(mlem_jax).parent}; "
-          f"without the extra: {message}")
+        done.returncode,
+        done.stderr,
+    )
+    print(
+        f"smoke core: mlem_jax {mlem_jax.__version__} from {installed(mlem_jax).parent}; "
+        f"without the extra: {message}"
+    )
 
 
 def diffusion() -> None:
@@ -61,8 +80,10 @@ def diffusion() -> None:
     assert held_out.images.shape == (1000, 1, 32, 32), held_out.images.shape
     logits = jax.vmap(classifier)(held_out.images[:4])
     assert logits.shape == (4, 10)
-    print(f"smoke diffusion: {len(models)} UNets and the classifier from {CHECKPOINTS}, "
-          f"{len(held_out.images)} held-out MNIST digits")
+    print(
+        f"smoke diffusion: {len(models)} UNets and the classifier from {CHECKPOINTS}, "
+        f"{len(held_out.images)} held-out MNIST digits"
+    )
 
 
 if __name__ == "__main__":

@@ -71,25 +71,28 @@ def hand_written_em(drift, y0, num_steps, key):
 
 
 def ours(drift, y0, num_steps, brownian):
-    return mlem_jax.solve([drift], y0, 0.0, T, num_steps, diffusion=diffusion,
-                          brownian=brownian).ys
+    return mlem_jax.solve([drift], y0, 0.0, T, num_steps, diffusion=diffusion, brownian=brownian).ys
 
 
 def with_diffrax(drift, y0, num_steps, path):
-    terms = diffrax.MultiTerm(diffrax.ODETerm(drift),
-                              diffrax.ControlTerm(diagonal_operator, path))
-    adjoint = (diffrax.ForwardMode() if isinstance(path, diffrax.UnsafeBrownianPath)
-               else diffrax.RecursiveCheckpointAdjoint())
-    return diffrax.diffeqsolve(terms, diffrax.Euler(), 0.0, T, T / num_steps, y0,
-                               adjoint=adjoint).ys[0]
+    terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diagonal_operator, path))
+    adjoint = (
+        diffrax.ForwardMode()
+        if isinstance(path, diffrax.UnsafeBrownianPath)
+        else diffrax.RecursiveCheckpointAdjoint()
+    )
+    return diffrax.diffeqsolve(
+        terms, diffrax.Euler(), 0.0, T, T / num_steps, y0, adjoint=adjoint
+    ).ys[0]
 
 
 def compare(label, mine, baseline, y0, repeats):
     """Time two functions of y0 side by side; print and return the ratio."""
-    t_mine, t_base = mlem_jax.interleaved_median_seconds([mine, baseline], y0,
-                                                         repeats=repeats)
-    print(f"  {label:<62} {t_mine * 1e3:8.2f} ms vs {t_base * 1e3:8.2f} ms   "
-          f"ratio {t_mine / t_base:5.2f}x")
+    t_mine, t_base = mlem_jax.interleaved_median_seconds([mine, baseline], y0, repeats=repeats)
+    print(
+        f"  {label:<62} {t_mine * 1e3:8.2f} ms vs {t_base * 1e3:8.2f} ms   "
+        f"ratio {t_mine / t_base:5.2f}x"
+    )
     return dict(ours_ms=t_mine * 1e3, baseline_ms=t_base * 1e3, ratio=t_mine / t_base)
 
 
@@ -106,77 +109,105 @@ def bench_loop_overhead(problems, repeats):
 
 
 def bench_diffrax(problems, repeats):
-    print("2. solve / diffrax.diffeqsolve(Euler()) (goal: <= 0.1x on small, <= 1x on "
-          "large):")
+    print("2. solve / diffrax.diffeqsolve(Euler()) (goal: <= 0.1x on small, <= 1x on large):")
     results: dict[str, Any] = {}
     for name, drift, y0, num_steps in problems:
         unsafe = diffrax.UnsafeBrownianPath(shape=y0.shape, key=jax.random.key(2))
-        tree = diffrax.VirtualBrownianTree(0.0, T, tol=T / num_steps / 8, shape=y0.shape,
-                                           key=jax.random.key(2))
+        tree = diffrax.VirtualBrownianTree(
+            0.0, T, tol=T / num_steps / 8, shape=y0.shape, key=jax.random.key(2)
+        )
         cases = {
             "same UnsafeBrownianPath, jitted": (unsafe, unsafe, jax.jit),
             "same UnsafeBrownianPath, eager calls": (unsafe, unsafe, lambda f: f),
             "same VirtualBrownianTree, jitted": (tree, tree, jax.jit),
-            "ours key-drawn noise vs diffrax UnsafeBrownianPath, jitted":
-                (jax.random.key(2), unsafe, jax.jit),
+            "ours key-drawn noise vs diffrax UnsafeBrownianPath, jitted": (
+                jax.random.key(2),
+                unsafe,
+                jax.jit,
+            ),
         }
         for case, (our_noise, their_noise, wrap) in cases.items():
             mine = wrap(lambda y, b=our_noise: ours(drift, y, num_steps, b))
             theirs = wrap(lambda y, b=their_noise: with_diffrax(drift, y, num_steps, b))
             if our_noise is their_noise:
                 assert jnp.allclose(mine(y0), theirs(y0), rtol=1e-4, atol=1e-5)
-            results[f"{name}; {case}"] = compare(f"{name}; {case}", mine, theirs, y0,
-                                                 repeats)
+            results[f"{name}; {case}"] = compare(f"{name}; {case}", mine, theirs, y0, repeats)
     return results
 
 
 def bench_skipping(repeats):
-    print("3. ML-EM vs every level at every step, MLP levels of growing width "
-          "(goal: wall-clock speedup >= 0.8 x FLOP speedup):")
+    print(
+        "3. ML-EM vs every level at every step, MLP levels of growing width "
+        "(goal: wall-clock speedup >= 0.8 x FLOP speedup):"
+    )
     dim, batch, num_steps = 16, 256, 100
     widths = [32, 64, 128, 256, 512, 1024]  # FLOPs ~ width^2: about 4x per level
     keys = jax.random.split(jax.random.key(3), len(widths))
     levels = [BatchMLP(dim, w, k) for w, k in zip(widths, keys)]
     y0 = jax.random.normal(jax.random.key(4), (batch, dim))
     costs = mlem_jax.level_costs(levels, 0.0, y0, repeats=3)
-    points = mlem_jax.solve(levels[-1:], y0, 0.0, T, 20, saveat="steps",
-                            diffusion=diffusion, brownian=jax.random.key(5))
+    points = mlem_jax.solve(
+        levels[-1:], y0, 0.0, T, 20, saveat="steps", diffusion=diffusion, brownian=jax.random.key(5)
+    )
     stats = mlem_jax.level_statistics(levels, points.ts, points.ys)
-    p = mlem_jax.optimal_probabilities(costs.flops, stats.variances,
-                                       top_level_evaluations=4, num_steps=num_steps)
-    print(f"  widths {widths}, batch {batch}, {num_steps} steps, "
-          f"p = {np.round(p, 3).tolist()}")
-    print(f"  one evaluation: MFLOPs {np.round(costs.flops / 1e6, 2).tolist()}, "
-          f"ms {np.round(costs.seconds * 1e3, 3).tolist()}")
+    p = mlem_jax.optimal_probabilities(
+        costs.flops, stats.variances, top_level_evaluations=4, num_steps=num_steps
+    )
+    print(f"  widths {widths}, batch {batch}, {num_steps} steps, p = {np.round(p, 3).tolist()}")
+    print(
+        f"  one evaluation: MFLOPs {np.round(costs.flops / 1e6, 2).tolist()}, "
+        f"ms {np.round(costs.seconds * 1e3, 3).tolist()}"
+    )
     results: dict[str, Any] = dict(
-        widths=widths, batch=batch, num_steps=num_steps, probabilities=p.tolist(),
-                   flops_per_evaluation=costs.flops.tolist(),
-                   seconds_per_evaluation=costs.seconds.tolist())
+        widths=widths,
+        batch=batch,
+        num_steps=num_steps,
+        probabilities=p.tolist(),
+        flops_per_evaluation=costs.flops.tolist(),
+        seconds_per_evaluation=costs.seconds.tolist(),
+    )
     noises = {"ODE": {}, "SDE": dict(diffusion=diffusion, brownian=jax.random.key(7))}
     for kind, noise in noises.items():
+
         def run(probabilities, noise=noise):
-            return jax.jit(lambda y: mlem_jax.solve(
-                levels, y, 0.0, T, num_steps, probabilities=probabilities,
-                key=jax.random.key(6), costs=costs.flops, **noise))
+            return jax.jit(
+                lambda y: mlem_jax.solve(
+                    levels,
+                    y,
+                    0.0,
+                    T,
+                    num_steps,
+                    probabilities=probabilities,
+                    key=jax.random.key(6),
+                    costs=costs.flops,
+                    **noise,
+                )
+            )
 
         every, mlem = run(jnp.ones(len(levels))), run(jnp.asarray(p))
         flop_speedup = float(every(y0).cost / mlem(y0).cost)
-        t_every, t_mlem = mlem_jax.interleaved_median_seconds([every, mlem], y0,
-                                                              repeats=repeats)
+        t_every, t_mlem = mlem_jax.interleaved_median_seconds([every, mlem], y0, repeats=repeats)
         evaluations = np.asarray(mlem(y0).evaluations)
         # The evaluations ML-EM made, timed level by level: the rest is loop and noise.
         level_seconds = float(evaluations @ costs.seconds)
         results[kind] = dict(
-            evaluations=evaluations.tolist(), flop_speedup=flop_speedup,
+            evaluations=evaluations.tolist(),
+            flop_speedup=flop_speedup,
             wallclock_speedup=t_every / t_mlem,
-            ratio=t_every / t_mlem / flop_speedup, mlem_ms=t_mlem * 1e3,
-            every_level_ms=t_every * 1e3, evaluations_timed_alone_ms=level_seconds * 1e3,
+            ratio=t_every / t_mlem / flop_speedup,
+            mlem_ms=t_mlem * 1e3,
+            every_level_ms=t_every * 1e3,
+            evaluations_timed_alone_ms=level_seconds * 1e3,
         )
-        print(f"  {kind}: evaluations per level {evaluations.tolist()}; FLOP speedup "
-              f"{flop_speedup:.2f}x, wall-clock speedup {t_every / t_mlem:.2f}x, ratio "
-              f"{t_every / t_mlem / flop_speedup:.2f}")
-        print(f"       ML-EM {t_mlem * 1e3:.1f} ms (its evaluations timed one by one: "
-              f"{level_seconds * 1e3:.1f} ms); every level {t_every * 1e3:.1f} ms")
+        print(
+            f"  {kind}: evaluations per level {evaluations.tolist()}; FLOP speedup "
+            f"{flop_speedup:.2f}x, wall-clock speedup {t_every / t_mlem:.2f}x, ratio "
+            f"{t_every / t_mlem / flop_speedup:.2f}"
+        )
+        print(
+            f"       ML-EM {t_mlem * 1e3:.1f} ms (its evaluations timed one by one: "
+            f"{level_seconds * 1e3:.1f} ms); every level {t_every * 1e3:.1f} ms"
+        )
     return results
 
 
@@ -198,9 +229,12 @@ def command_line(doc: str, measure: Callable[[int], dict], repeats: int = 7) -> 
 
 def measure_all(repeats: int) -> dict:
     small = ("8-dim sine SDE, 1000 steps", sine_drift, jnp.ones(8), 1000)
-    large = ("MLP drift (width 256), batch 256x16, 200 steps",
-             BatchMLP(16, 256, jax.random.key(0)),
-             jax.random.normal(jax.random.key(8), (256, 16)), 200)
+    large = (
+        "MLP drift (width 256), batch 256x16, 200 steps",
+        BatchMLP(16, 256, jax.random.key(0)),
+        jax.random.normal(jax.random.key(8), (256, 16)),
+        200,
+    )
     return dict(
         loop_overhead=bench_loop_overhead([small, large], repeats),
         versus_diffrax=bench_diffrax([small, large], repeats),

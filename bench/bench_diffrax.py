@@ -103,9 +103,7 @@ def mlem_diffrax(levels, y0, path):
     terms = mlem_jax.MultilevelTerm(levels, PROBABILITIES)
     if path is not None:
         terms = diffrax.MultiTerm(terms, noise_term(path))
-    sol = diffrax.diffeqsolve(
-        terms, mlem_jax.MLEM(KEY), 0.0, T, T / NUM_STEPS, y0, saveat=SAVE
-    )
+    sol = diffrax.diffeqsolve(terms, mlem_jax.MLEM(KEY), 0.0, T, T / NUM_STEPS, y0, saveat=SAVE)
     return sol.ys[-1], mlem_jax.evaluations(sol)
 
 
@@ -176,9 +174,7 @@ def main():
         evaluations = check_same_steps(levels, y0, path)
 
         def medians(first, second, noise):
-            return interleaved_median_seconds(
-                [first, second], levels, y0, noise, repeats=repeats
-            )
+            return interleaved_median_seconds([first, second], levels, y0, noise, repeats=repeats)
 
         mlem_s, euler_s = medians(mlem_top_only, euler, path)
         row("(a) SDE: MLEM, top level only", mlem_s, "diffrax.Euler()", euler_s, goal=1.1)

@@ -29,56 +29,99 @@ from mlem_jax.diffusion.sample import initial_noise, sample, score_levels
 
 def mlp(repeats: int) -> dict:
     dim, batch, num_steps, widths = 16, 256, 100, [32, 64, 128, 256, 512, 1024]
-    levels = [BatchMLP(dim, w, k) for w, k in
-              zip(widths, jax.random.split(jax.random.key(3), len(widths)))]
+    levels = [
+        BatchMLP(dim, w, k)
+        for w, k in zip(widths, jax.random.split(jax.random.key(3), len(widths)))
+    ]
     p = jnp.array([1.0, 0.6, 0.35, 0.2, 0.1, 0.04])
     y0 = jax.random.normal(jax.random.key(4), (batch, dim))
 
     def solver(groups):
-        return jax.jit(lambda y, key: mlem_jax.solve(
-            levels, y, 0.0, 1.0, num_steps, probabilities=p, key=key, groups=groups,
-            diffusion=diffusion, brownian=jax.random.key(7)).ys)
+        return jax.jit(
+            lambda y, key: (
+                mlem_jax.solve(
+                    levels,
+                    y,
+                    0.0,
+                    1.0,
+                    num_steps,
+                    probabilities=p,
+                    key=key,
+                    groups=groups,
+                    diffusion=diffusion,
+                    brownian=jax.random.key(7),
+                ).ys
+            )
+        )
 
     groups = [1, 4, 16, 64]
     runs = [solver(g) for g in groups]
-    seconds = mlem_jax.interleaved_median_seconds(runs, y0, jax.random.key(6),
-                                                  repeats=repeats)
+    seconds = mlem_jax.interleaved_median_seconds(runs, y0, jax.random.key(6), repeats=repeats)
     keys = jax.random.split(jax.random.key(8), 64)
-    spreads = [float(np.std([float(run(y0, k).mean()) for k in keys], ddof=1))
-               for run in runs]
+    spreads = [float(np.std([float(run(y0, k).mean()) for k in keys], ddof=1)) for run in runs]
     print(f"1. 6 MLP levels, batch {batch}x{dim}, {num_steps} steps, p = {p.tolist()}")
     for g, s, spread in zip(groups, seconds, spreads):
-        print(f"   G={g:<3} {s * 1e3:8.1f} ms  ({s / seconds[0]:.2f}x G=1)   spread of the "
-              f"batch mean over 64 draw keys {spread:.4f} ({spreads[0] / spread:.2f}x "
-              "smaller)")
-    return {"batch": batch, "num_steps": num_steps, "probabilities": p.tolist(),
-            "groups": groups, "seconds": seconds,
-            "ratio": [s / seconds[0] for s in seconds], "spread": spreads}
+        print(
+            f"   G={g:<3} {s * 1e3:8.1f} ms  ({s / seconds[0]:.2f}x G=1)   spread of the "
+            f"batch mean over 64 draw keys {spread:.4f} ({spreads[0] / spread:.2f}x "
+            "smaller)"
+        )
+    return {
+        "batch": batch,
+        "num_steps": num_steps,
+        "probabilities": p.tolist(),
+        "groups": groups,
+        "seconds": seconds,
+        "ratio": [s / seconds[0] for s in seconds],
+        "spread": spreads,
+    }
 
 
 def unets(repeats: int) -> list[dict]:
     models, manifests = load_levels(CHECKPOINTS)
     levels, shape = score_levels(models), tuple(manifests[-1]["image_shape"])
     num_steps = 32
-    p = probabilities_for(read_calibration(CHECKPOINTS / "calibration.json", "sde"),
-                          num_steps, 4.0)
-    print(f"2. shipped UNets (widths {[m.width for m in models]}), ML-EM, {num_steps} "
-          f"steps, p = {np.round(p, 3).tolist()}")
+    p = probabilities_for(read_calibration(CHECKPOINTS / "calibration.json", "sde"), num_steps, 4.0)
+    print(
+        f"2. shipped UNets (widths {[m.width for m in models]}), ML-EM, {num_steps} "
+        f"steps, p = {np.round(p, 3).tolist()}"
+    )
     results = []
     for batch, groups in ((16, [1, 4, 16]), (64, [1, 4, 16, 64])):
         x1 = initial_noise(jax.random.key(1), batch, shape)
-        runs = [jax.jit(lambda x, g=g: sample(
-            "mlem", levels, x, num_steps, key=jax.random.key(3), brownian=jax.random.key(2),
-            probabilities=p, groups=g).ys) for g in groups]
+        runs = [
+            jax.jit(
+                lambda x, g=g: (
+                    sample(
+                        "mlem",
+                        levels,
+                        x,
+                        num_steps,
+                        key=jax.random.key(3),
+                        brownian=jax.random.key(2),
+                        probabilities=p,
+                        groups=g,
+                    ).ys
+                )
+            )
+            for g in groups
+        ]
         seconds = mlem_jax.interleaved_median_seconds(runs, x1, repeats=repeats)
         for g, s in zip(groups, seconds):
-            print(f"   batch {batch:<3} G={g:<3} {s / batch * 1e3:8.1f} ms per sample "
-                  f"({s / seconds[0]:.2f}x G=1)")
-        results.append({"batch": batch, "groups": groups, "seconds": seconds,
-                        "ratio": [s / seconds[0] for s in seconds]})
+            print(
+                f"   batch {batch:<3} G={g:<3} {s / batch * 1e3:8.1f} ms per sample "
+                f"({s / seconds[0]:.2f}x G=1)"
+            )
+        results.append(
+            {
+                "batch": batch,
+                "groups": groups,
+                "seconds": seconds,
+                "ratio": [s / seconds[0] for s in seconds],
+            }
+        )
     return results
 
 
 if __name__ == "__main__":
-    command_line(__doc__, lambda repeats: {"mlp": mlp(repeats), "unets": unets(repeats)},
-                 repeats=5)
+    command_line(__doc__, lambda repeats: {"mlp": mlp(repeats), "unets": unets(repeats)}, repeats=5)

@@ -27,39 +27,90 @@ from mlem_jax.diffusion.sample import initial_noise, sample, score_levels
 
 def solves(levels, num_steps, probabilities=None):
     """The SDE solve of `levels`, jitted, with the check off and on."""
+
     def make(throw):
-        return jax.jit(lambda y: mlem_jax.solve(
-            levels, y, 0.0, 1.0, num_steps, probabilities=probabilities,
-            key=jax.random.key(6), diffusion=diffusion, brownian=jax.random.key(7),
-            throw=throw).ys)
+        return jax.jit(
+            lambda y: (
+                mlem_jax.solve(
+                    levels,
+                    y,
+                    0.0,
+                    1.0,
+                    num_steps,
+                    probabilities=probabilities,
+                    key=jax.random.key(6),
+                    diffusion=diffusion,
+                    brownian=jax.random.key(7),
+                    throw=throw,
+                ).ys
+            )
+        )
+
     return make(False), make(True)
 
 
 def cases():
     widths = [32, 64, 128, 256, 512, 1024]
-    mlps = [BatchMLP(16, w, k) for w, k in
-            zip(widths, jax.random.split(jax.random.key(3), len(widths)))]
+    mlps = [
+        BatchMLP(16, w, k) for w, k in zip(widths, jax.random.split(jax.random.key(3), len(widths)))
+    ]
     batch = jax.random.normal(jax.random.key(4), (256, 16))
     yield ("EM, 8-dim sine SDE, 1000 steps", *solves([sine_drift], 1000), jnp.ones(8))
-    yield ("EM, MLP (width 256), batch 256x16, 200 steps",
-           *solves([BatchMLP(16, 256, jax.random.key(0))], 200), batch)
-    yield ("ML-EM, 6 MLP levels, batch 256x16, 100 steps",
-           *solves(mlps, 100, jnp.array([1.0, 0.6, 0.35, 0.2, 0.1, 0.04])), batch)
+    yield (
+        "EM, MLP (width 256), batch 256x16, 200 steps",
+        *solves([BatchMLP(16, 256, jax.random.key(0))], 200),
+        batch,
+    )
+    yield (
+        "ML-EM, 6 MLP levels, batch 256x16, 100 steps",
+        *solves(mlps, 100, jnp.array([1.0, 0.6, 0.35, 0.2, 0.1, 0.04])),
+        batch,
+    )
 
     models, manifests = load_levels(CHECKPOINTS)
     levels, shape = score_levels(models), tuple(manifests[-1]["image_shape"])
     p = probabilities_for(read_calibration(CHECKPOINTS / "calibration.json", "sde"), 32, 4.0)
-    unet = [jax.jit(lambda x, throw=throw: sample(
-        "mlem", levels, x, 32, key=jax.random.key(3), brownian=jax.random.key(2),
-        probabilities=p, throw=throw).ys) for throw in (False, True)]
-    yield ("ML-EM, shipped UNets, 16 images, 32 steps", *unet,
-           initial_noise(jax.random.key(1), 16, shape))
+    unet = [
+        jax.jit(
+            lambda x, throw=throw: (
+                sample(
+                    "mlem",
+                    levels,
+                    x,
+                    32,
+                    key=jax.random.key(3),
+                    brownian=jax.random.key(2),
+                    probabilities=p,
+                    throw=throw,
+                ).ys
+            )
+        )
+        for throw in (False, True)
+    ]
+    yield (
+        "ML-EM, shipped UNets, 16 images, 32 steps",
+        *unet,
+        initial_noise(jax.random.key(1), 16, shape),
+    )
 
     features = mlem_jax.random_feature_levels(jax.random.key(0), 8, [16, 64, 256], alpha=1.0)
     term = mlem_jax.MultilevelTerm(features, [1.0, 0.3, 0.05])
-    diffeq = [jax.jit(lambda y, throw=throw: diffrax.diffeqsolve(
-        term, mlem_jax.MLEM(jax.random.key(2), throw=throw), 0.0, 1.0, 1e-3, y,
-        max_steps=1000).ys) for throw in (False, True)]
+    diffeq = [
+        jax.jit(
+            lambda y, throw=throw: (
+                diffrax.diffeqsolve(
+                    term,
+                    mlem_jax.MLEM(jax.random.key(2), throw=throw),
+                    0.0,
+                    1.0,
+                    1e-3,
+                    y,
+                    max_steps=1000,
+                ).ys
+            )
+        )
+        for throw in (False, True)
+    ]
     yield ("diffeqsolve with MLEM, 3 levels, 8-dim ODE, 1000 steps", *diffeq, jnp.ones(8))
 
 
@@ -67,8 +118,10 @@ def measure(repeats: int) -> dict:
     results = {}
     for label, off, on, y in cases():
         t_off, t_on = mlem_jax.interleaved_median_seconds([off, on], y, repeats=repeats)
-        print(f"  {label:<58} off {t_off * 1e3:9.2f} ms, on {t_on * 1e3:9.2f} ms, "
-              f"ratio {t_on / t_off:.3f}x")
+        print(
+            f"  {label:<58} off {t_off * 1e3:9.2f} ms, on {t_on * 1e3:9.2f} ms, "
+            f"ratio {t_on / t_off:.3f}x"
+        )
         results[label] = {"off_ms": t_off * 1e3, "on_ms": t_on * 1e3, "ratio": t_on / t_off}
     return {"cases": results}
 

@@ -31,8 +31,10 @@ STEPS = 16
 
 def in_scan(layer, x):
     """`layer` applied STEPS times to the batch x, as a sampler's loop body would."""
+
     def body(y, _):
         return y + 1e-3 * jax.vmap(layer)(y), None
+
     return jax.lax.scan(body, x, None, length=STEPS)[0]
 
 
@@ -44,11 +46,17 @@ def layout(batch: int, channels: int, size: int, repeats: int) -> dict:
     run_first = jax.jit(lambda m, x: in_scan(m, x))
     run_last = jax.jit(lambda m, x: in_scan(partial(conv_channels_last, m), x))
     seconds = interleaved_median_seconds(
-        [lambda: run_first(conv, first), lambda: run_last(conv, last)], repeats=repeats)
+        [lambda: run_first(conv, first), lambda: run_last(conv, last)], repeats=repeats
+    )
     per = [s / (batch * STEPS) for s in seconds]
-    return {"batch": batch, "channels": channels, "size": size,
-            "channel_first_seconds": per[0], "channel_last_seconds": per[1],
-            "ratio": per[0] / per[1]}
+    return {
+        "batch": batch,
+        "channels": channels,
+        "size": size,
+        "channel_first_seconds": per[0],
+        "channel_last_seconds": per[1],
+        "ratio": per[0] / per[1],
+    }
 
 
 def levels(models, image_shape, batch: int, repeats: int) -> dict:
@@ -57,9 +65,14 @@ def levels(models, image_shape, batch: int, repeats: int) -> dict:
     costs = level_costs(score_levels(models), 0.5, x, repeats=repeats)
     seconds = (costs.seconds / batch).tolist()
     flops = (costs.flops / batch).tolist()
-    return {"batch": batch, "widths": [m.width for m in models], "flops": flops,
-            "seconds": seconds, "seconds_bound": seconds[-1] / seconds[0],
-            "flops_bound": flops[-1] / flops[0]}
+    return {
+        "batch": batch,
+        "widths": [m.width for m in models],
+        "flops": flops,
+        "seconds": seconds,
+        "seconds_bound": seconds[-1] / seconds[0],
+        "flops_bound": flops[-1] / flops[0],
+    }
 
 
 def main() -> None:
@@ -73,19 +86,23 @@ def main() -> None:
     for batch in args.batches:
         row = layout(batch, channels=16, size=32, repeats=args.repeats)
         results["layout"].append(row)
-        print(f"3x3 conv 16->16 ch at 32x32 in a {STEPS}-step scan, batch {batch}: "
-              f"channel-first {row['channel_first_seconds'] * 1e6:.1f} us/image, "
-              f"channel-last {row['channel_last_seconds'] * 1e6:.1f} us/image, "
-              f"ratio {row['ratio']:.1f}x")
+        print(
+            f"3x3 conv 16->16 ch at 32x32 in a {STEPS}-step scan, batch {batch}: "
+            f"channel-first {row['channel_first_seconds'] * 1e6:.1f} us/image, "
+            f"channel-last {row['channel_last_seconds'] * 1e6:.1f} us/image, "
+            f"ratio {row['ratio']:.1f}x"
+        )
     models, manifests = load_levels()
     for batch in args.batches:
         row = levels(models, manifests[-1]["image_shape"], batch, args.repeats)
         results["levels"].append(row)
-        print(f"levels at batch {batch}: widths {row['widths']}, "
-              f"ms/image {[round(s * 1e3, 3) for s in row['seconds']]}, "
-              f"MFLOP/image {[round(f / 1e6, 1) for f in row['flops']]}; "
-              f"c_K/c_1 {row['seconds_bound']:.1f}x in seconds, "
-              f"{row['flops_bound']:.0f}x in FLOPs")
+        print(
+            f"levels at batch {batch}: widths {row['widths']}, "
+            f"ms/image {[round(s * 1e3, 3) for s in row['seconds']]}, "
+            f"MFLOP/image {[round(f / 1e6, 1) for f in row['flops']]}; "
+            f"c_K/c_1 {row['seconds_bound']:.1f}x in seconds, "
+            f"{row['flops_bound']:.0f}x in FLOPs"
+        )
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

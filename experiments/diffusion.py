@@ -75,26 +75,54 @@ from mlem_jax.diffusion.sde import KINDS
 
 
 RESULTS = Path(__file__).parent / "results"
-FULL: dict[str, Any] = dict(images=16, reference_steps=256, em_steps=(16, 32, 64, 128),
-            mlem_steps=(64, 128, 256), budgets=(2.0, 8.0, 32.0, 64.0),
-            stratified_steps=(64, 96, 128, 256),
-            stratified_budgets=(8.0, 12.0, 16.0, 24.0, 32.0, 64.0), draw_seeds=3,
-            stitch_steps=(32, 64, 128), operating_steps=64, quality_samples=128,
-            calibration_images=16, calibration_steps=128)
-QUICK: dict[str, Any] = dict(images=2, reference_steps=64, em_steps=(16, 32), mlem_steps=(32,),
-             budgets=(2.0, 8.0), stratified_steps=(32,),
-             stratified_budgets=(8.0,), draw_seeds=2, stitch_steps=(16,), operating_steps=16,
-             quality_samples=8, calibration_images=2, calibration_steps=8)
-FAMILIES = {"em": "EM, largest UNet", "mlem": "ML-EM, constant p_l",
-            "mlem_t": "ML-EM, p_l(t) on v_l(t)", "mlem_tw": "ML-EM, p_l(t) on w(t) v_l(t)",
-            "mlem_s": "ML-EM, constant p_l, stratified draws",
-            "mlem_s3": "ML-EM, stratified draws, p_l for them", "tstitch": "T-Stitch"}
+FULL: dict[str, Any] = dict(
+    images=16,
+    reference_steps=256,
+    em_steps=(16, 32, 64, 128),
+    mlem_steps=(64, 128, 256),
+    budgets=(2.0, 8.0, 32.0, 64.0),
+    stratified_steps=(64, 96, 128, 256),
+    stratified_budgets=(8.0, 12.0, 16.0, 24.0, 32.0, 64.0),
+    draw_seeds=3,
+    stitch_steps=(32, 64, 128),
+    operating_steps=64,
+    quality_samples=128,
+    calibration_images=16,
+    calibration_steps=128,
+)
+QUICK: dict[str, Any] = dict(
+    images=2,
+    reference_steps=64,
+    em_steps=(16, 32),
+    mlem_steps=(32,),
+    budgets=(2.0, 8.0),
+    stratified_steps=(32,),
+    stratified_budgets=(8.0,),
+    draw_seeds=2,
+    stitch_steps=(16,),
+    operating_steps=16,
+    quality_samples=8,
+    calibration_images=2,
+    calibration_steps=8,
+)
+FAMILIES = {
+    "em": "EM, largest UNet",
+    "mlem": "ML-EM, constant p_l",
+    "mlem_t": "ML-EM, p_l(t) on v_l(t)",
+    "mlem_tw": "ML-EM, p_l(t) on w(t) v_l(t)",
+    "mlem_s": "ML-EM, constant p_l, stratified draws",
+    "mlem_s3": "ML-EM, stratified draws, p_l for them",
+    "tstitch": "T-Stitch",
+}
 KIND_NAMES = {"sde": "Reverse SDE", "ode": "Probability-flow ODE (no Brownian path)"}
 # ML-EM family -> weighted (None: constant p_l), draws, draws p_l are optimal for
-SCHEDULES = {"mlem": (None, "random", "random"), "mlem_t": (False, "random", "random"),
-             "mlem_tw": (True, "random", "random"),
-             "mlem_s": (None, "stratified", "random"),
-             "mlem_s3": (None, "stratified", "stratified")}
+SCHEDULES = {
+    "mlem": (None, "random", "random"),
+    "mlem_t": (False, "random", "random"),
+    "mlem_tw": (True, "random", "random"),
+    "mlem_s": (None, "stratified", "random"),
+    "mlem_s3": (None, "stratified", "stratified"),
+}
 
 
 def classifier(directory: Path, train, test) -> tuple:
@@ -104,9 +132,13 @@ def classifier(directory: Path, train, test) -> tuple:
     except CheckpointError:
         start = time.perf_counter()
         model = train_classifier(train.images, train.labels)
-        manifest = save_model(directory / "classifier", model, dataset="mnist",
-                              train_seconds=time.perf_counter() - start,
-                              test_accuracy=accuracy(model, test.images, test.labels))
+        manifest = save_model(
+            directory / "classifier",
+            model,
+            dataset="mnist",
+            train_seconds=time.perf_counter() - start,
+            test_accuracy=accuracy(model, test.images, test.labels),
+        )
     return model, manifest
 
 
@@ -115,12 +147,18 @@ def mlem_setting(family: str, n: int, m: float, calibration: dict) -> Setting:
     if weighted is None:
         tag = {"random": "", "stratified": " stratified"}[draws]
         tag += " p3" if allocation == "stratified" else ""
-        return Setting("mlem", n, probabilities_for(calibration, n, m, allocation),
-                       label=f"ML-EM{tag} N={n} m={m:g}", draws=draws)
+        return Setting(
+            "mlem",
+            n,
+            probabilities_for(calibration, n, m, allocation),
+            label=f"ML-EM{tag} N={n} m={m:g}",
+            draws=draws,
+        )
     tag = "p(t) w" if weighted else "p(t)"
     schedule = schedule_for(calibration, n, m, weighted=weighted)
-    return Setting("mlem", n, tuple(map(tuple, schedule.tolist())),
-                   label=f"ML-EM {tag} N={n} m={m:g}")
+    return Setting(
+        "mlem", n, tuple(map(tuple, schedule.tolist())), label=f"ML-EM {tag} N={n} m={m:g}"
+    )
 
 
 def settings(config: dict, calibration: dict) -> dict[str, list[Setting]]:
@@ -131,26 +169,35 @@ def settings(config: dict, calibration: dict) -> dict[str, list[Setting]]:
         steps = config["stratified_steps" if own else "mlem_steps"]
         budgets = config["stratified_budgets" if own else "budgets"]
         out[family] = [mlem_setting(family, n, m, calibration) for n in steps for m in budgets]
-    out["tstitch"] = [Setting("tstitch", n, switch=stitch_switch(0.5), label=f"T-Stitch N={n}")
-                      for n in config["stitch_steps"]]
+    out["tstitch"] = [
+        Setting("tstitch", n, switch=stitch_switch(0.5), label=f"T-Stitch N={n}")
+        for n in config["stitch_steps"]
+    ]
     return out
 
 
-def measure(family: str, setting: Setting, levels, x1, path, flops, draw_seeds: int,
-            reference, cache: dict) -> dict:
+def measure(
+    family: str, setting: Setting, levels, x1, path, flops, draw_seeds: int, reference, cache: dict
+) -> dict:
     """Strong error (mean square over draw sequences), FLOPs and seconds per image."""
     seeds = draw_seeds if setting.method == "mlem" else 1
-    outcomes = [run_setting(setting, levels, x1, path, jax.random.key(100 + s), flops, cache)
-                for s in range(seeds)]
+    outcomes = [
+        run_setting(setting, levels, x1, path, jax.random.key(100 + s), flops, cache)
+        for s in range(seeds)
+    ]
     errors = [strong_error(o.samples, reference) for o in outcomes]
     schedule = setting.probabilities is not None and np.ndim(setting.probabilities) == 2
-    return {"label": setting.label, "family": family, "method": setting.method,
-            "steps": setting.num_steps,
-            "probabilities": None if schedule else setting.probabilities,
-            "switch": setting.switch,
-            "error": float(np.sqrt(np.mean(np.square(errors)))),
-            "flops": float(np.mean([o.flops for o in outcomes])),
-            "seconds": float(np.mean([o.seconds for o in outcomes])) / len(x1)}
+    return {
+        "label": setting.label,
+        "family": family,
+        "method": setting.method,
+        "steps": setting.num_steps,
+        "probabilities": None if schedule else setting.probabilities,
+        "switch": setting.switch,
+        "error": float(np.sqrt(np.mean(np.square(errors)))),
+        "flops": float(np.mean([o.flops for o in outcomes])),
+        "seconds": float(np.mean([o.seconds for o in outcomes])) / len(x1),
+    }
 
 
 def frontier(points: list[dict], family: str) -> list[dict]:
@@ -169,21 +216,36 @@ def operating(points: list[dict], family: str, target: float) -> dict:
     return {**min(mine, key=lambda p: p["error"]), "reaches_target": False}
 
 
-def wallclock(chosen: dict, by_label: dict, levels, x1, cache: dict, rounds: int = 2
-              ) -> dict:
+def wallclock(chosen: dict, by_label: dict, levels, x1, cache: dict, rounds: int = 2) -> dict:
     """Seconds per image of the operating configurations on the batch `x1`: compiled
     samplers timed in turns (EM, ML-EM, ..., EM, ...), mean over rounds."""
     seconds = {name: [] for name in chosen}
     for _ in range(rounds):
         for name, point in chosen.items():
-            outcome = run_setting(by_label[point["label"]], levels, x1, jax.random.key(12),
-                                  jax.random.key(100), [0.0] * len(levels), cache)
+            outcome = run_setting(
+                by_label[point["label"]],
+                levels,
+                x1,
+                jax.random.key(12),
+                jax.random.key(100),
+                [0.0] * len(levels),
+                cache,
+            )
             seconds[name].append(outcome.seconds)
     return {name: float(np.mean(s)) / len(x1) for name, s in seconds.items()}
 
 
-def quality(chosen: dict, by_label: dict, levels, features_model, held_out, shape, count: int,
-            flops, cache: dict):
+def quality(
+    chosen: dict,
+    by_label: dict,
+    levels,
+    features_model,
+    held_out,
+    shape,
+    count: int,
+    flops,
+    cache: dict,
+):
     """Frechet distance to the held-out split of `count` samples per method, and the
     samples (same noise and Brownian keys for every method). ML-EM draws the levels of
     each sample on its own (`groups=count`): with one draw sequence for the batch, the
@@ -195,16 +257,19 @@ def quality(chosen: dict, by_label: dict, levels, features_model, held_out, shap
         setting = by_label[point["label"]]
         if setting.method == "mlem":
             setting = setting._replace(groups=count)
-        outcome = run_setting(setting, levels, x1, jax.random.key(12), jax.random.key(13),
-                              flops, cache)
+        outcome = run_setting(
+            setting, levels, x1, jax.random.key(12), jax.random.key(13), flops, cache
+        )
         samples[name] = outcome.samples
-        scores[name] = frechet_distance(classifier_features(features_model, outcome.samples),
-                                        reference_features)
+        scores[name] = frechet_distance(
+            classifier_features(features_model, outcome.samples), reference_features
+        )
     return scores, samples
 
 
-def equal_cost_grids(mlem_point: dict, stratified_point: dict, by_label: dict, levels,
-                     shape, flops, cache: dict) -> dict:
+def equal_cost_grids(
+    mlem_point: dict, stratified_point: dict, by_label: dict, levels, shape, flops, cache: dict
+) -> dict:
     """16 samples per method at about ML-EM's operating FLOPs per image, same noise:
     EM and T-Stitch get as many steps as that budget buys; ML-EM with stratified draws
     is shown at its own operating point."""
@@ -212,21 +277,24 @@ def equal_cost_grids(mlem_point: dict, stratified_point: dict, by_label: dict, l
     budget = mlem_point["flops"]
     em_steps = max(1, round(budget / flops[-1]))
     stitch_steps = max(2, round(2 * budget / (flops[-2] + flops[-1])))
-    chosen = {"em": Setting("em", em_steps, label=f"EM N={em_steps}"),
-              "mlem": by_label[mlem_point["label"]],
-              "mlem_s3": by_label[stratified_point["label"]],
-              "tstitch": Setting("tstitch", stitch_steps, switch=stitch_switch(0.5),
-                                 label=f"T-Stitch N={stitch_steps}")}
+    chosen = {
+        "em": Setting("em", em_steps, label=f"EM N={em_steps}"),
+        "mlem": by_label[mlem_point["label"]],
+        "mlem_s3": by_label[stratified_point["label"]],
+        "tstitch": Setting(
+            "tstitch", stitch_steps, switch=stitch_switch(0.5), label=f"T-Stitch N={stitch_steps}"
+        ),
+    }
     out = {}
     for name, setting in chosen.items():
-        o = run_setting(setting, levels, x1, jax.random.key(22), jax.random.key(23), flops,
-                        cache)
+        o = run_setting(setting, levels, x1, jax.random.key(22), jax.random.key(23), flops, cache)
         out[name] = {"label": setting.label, "flops": o.flops, "samples": o.samples}
     return out
 
 
-def plot(points: list[dict], grids: dict, calibration: dict, path_frontier: Path,
-         path_grids: Path) -> None:
+def plot(
+    points: list[dict], grids: dict, calibration: dict, path_frontier: Path, path_grids: Path
+) -> None:
     """Cost-error frontiers (FLOPs and seconds), the measured v_l(t) and w(t), and the
     equal-cost sample grids."""
     import matplotlib
@@ -242,8 +310,13 @@ def plot(points: list[dict], grids: dict, calibration: dict, path_frontier: Path
             mine = [p for p in points if p["family"] == family]
             ax.loglog([p[cost] for p in mine], [p["error"] for p in mine], "o", alpha=0.3)
             front = frontier(points, family)
-            ax.loglog([p[cost] for p in front], [p["error"] for p in front], "-o",
-                      label=label, color=ax.lines[-1].get_color())
+            ax.loglog(
+                [p[cost] for p in front],
+                [p["error"] for p in front],
+                "-o",
+                label=label,
+                color=ax.lines[-1].get_color(),
+            )
         ax.set_xlabel(unit)
         ax.set_ylabel("strong error (RMS, per image)")
         ax.grid(True, which="both", alpha=0.3)
@@ -254,10 +327,10 @@ def plot(points: list[dict], grids: dict, calibration: dict, path_frontier: Path
     filled = np.asarray(profile["counts"]) > 0
     variances = np.asarray(profile["variances"])
     for level in range(variances.shape[1]):
-        axes[2].loglog(centres[filled], variances[filled, level], "-o",
-                       label=f"v_{level + 2}(t)")
-    axes[2].loglog(sensitivity["times"], sensitivity["gains"], "k--",
-                   label="w(t): sensitivity of the sample")
+        axes[2].loglog(centres[filled], variances[filled, level], "-o", label=f"v_{level + 2}(t)")
+    axes[2].loglog(
+        sensitivity["times"], sensitivity["gains"], "k--", label="w(t): sensitivity of the sample"
+    )
     axes[2].set_xlabel("t (sampling runs from t = 1 down to t_min)")
     axes[2].legend(fontsize=8)
     axes[2].grid(True, which="both", alpha=0.3)
@@ -278,81 +351,115 @@ def _times(value: float | None) -> str:
 
 def table(result: dict) -> str:
     """The README table: each family at the operating point, then speedups by target."""
-    rows = ["| method | configuration | strong error | MFLOP / image | ms / image | "
-            "quality (FD, lower is better) |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| method | configuration | strong error | MFLOP / image | ms / image | "
+        "quality (FD, lower is better) |",
+        "|---|---|---|---|---|---|",
+    ]
     for family, title in FAMILIES.items():
         p = result["operating_points"][family]
         flag = "" if p["reaches_target"] else " (misses the target: its most accurate run)"
-        rows.append(f"| {title} | {p['label']}{flag} | {p['error']:.2f} | "
-                    f"{p['flops'] / 1e6:.0f} | "
-                    f"{result['wallclock_seconds'][family] * 1e3:.0f} | "
-                    f"{result['quality'][family]:.2f} |")
+        rows.append(
+            f"| {title} | {p['label']}{flag} | {p['error']:.2f} | "
+            f"{p['flops'] / 1e6:.0f} | "
+            f"{result['wallclock_seconds'][family] * 1e3:.0f} | "
+            f"{result['quality'][family]:.2f} |"
+        )
     others = [f for f in FAMILIES if f != "em"]
-    rows += ["", "| target: error of | target error | "
-             + " | ".join(f"{FAMILIES[f]}: FLOP speedup over EM" for f in others) + " |",
-             "|---|---|" + "---|" * len(others)]
+    rows += [
+        "",
+        "| target: error of | target error | "
+        + " | ".join(f"{FAMILIES[f]}: FLOP speedup over EM" for f in others)
+        + " |",
+        "|---|---|" + "---|" * len(others),
+    ]
     for row in result["speedup_by_target"]:
-        cells = [f"{_times(row[f]['speedup_flops'])} ({row[f]['label']})" if row[f]
-                 else "not reached" for f in others]
+        cells = [
+            f"{_times(row[f]['speedup_flops'])} ({row[f]['label']})" if row[f] else "not reached"
+            for f in others
+        ]
         rows.append(f"| EM N={row['em_steps']} | {row['error']:.2f} | " + " | ".join(cells) + " |")
     c, best = result["calibration"], result["mlem_best"]
     versus = result["schedule_over_constant"]
-    return "\n".join(rows + [
-        "",
-        f"{KIND_NAMES[result['kind']]}. "
-        f"Operating point: the strong error of EM with {result['config']['operating_steps']} "
-        f"steps ({result['target_error']:.2f}, RMS per image over "
-        f"{result['config']['images']} images; reference EM with "
-        f"{result['config']['reference_steps']} steps). Best ML-EM ({FAMILIES[best]}) vs EM: "
-        f"{_times(result['speedup_flops'])} in FLOPs, {_times(result['speedup_wallclock'])} "
-        f"in wall-clock; T-Stitch vs EM: {_times(result['speedups']['tstitch']['flops'])} in "
-        f"FLOPs. p_l(t) over constant p_l at the most accurate error constant p_l reaches "
-        f"({versus['error']:.2f}): {_times(versus['mlem_t'])} (v_l(t)), "
-        f"{_times(versus['mlem_tw'])} (w(t) v_l(t)) fewer FLOPs. "
-        f"Stratified draws make the randomisation variance "
-        f"{_times(result['stratified_reduction']['median'])} smaller than random draws "
-        f"(median over the (N, m) configurations run with both; see "
-        f"`stratified_reduction`). "
-        f"gamma = {result['gamma']:.2f} (FLOPs), {c['gamma_seconds']:.2f} (seconds). "
-        f"Quality: Frechet distance on classifier features to the held-out split, "
-        f"{result['config']['quality_samples']} samples; training images score "
-        f"{result['quality']['data']:.2f}. Widths {result['widths']}; per image: MFLOP "
-        f"{[round(f / 1e6, 1) for f in c['flops']]}, eps_l {[round(e, 1) for e in c['errors']]}, "
-        f"v_l {[round(v) for v in c['variances']]}. Written by `experiments/diffusion.py`.",
-        "",
-        limits_text(result["limits"], result["target_error"]),
-    ]) + "\n"
+    return (
+        "\n".join(
+            rows
+            + [
+                "",
+                f"{KIND_NAMES[result['kind']]}. "
+                f"Operating point: the strong error of EM with "
+                f"{result['config']['operating_steps']} "
+                f"steps ({result['target_error']:.2f}, RMS per image over "
+                f"{result['config']['images']} images; reference EM with "
+                f"{result['config']['reference_steps']} steps). "
+                f"Best ML-EM ({FAMILIES[best]}) vs EM: "
+                f"{_times(result['speedup_flops'])} in FLOPs, "
+                f"{_times(result['speedup_wallclock'])} "
+                f"in wall-clock; T-Stitch vs EM: "
+                f"{_times(result['speedups']['tstitch']['flops'])} in "
+                f"FLOPs. p_l(t) over constant p_l at the most accurate error constant p_l reaches "
+                f"({versus['error']:.2f}): {_times(versus['mlem_t'])} (v_l(t)), "
+                f"{_times(versus['mlem_tw'])} (w(t) v_l(t)) fewer FLOPs. "
+                f"Stratified draws make the randomisation variance "
+                f"{_times(result['stratified_reduction']['median'])} smaller than random draws "
+                f"(median over the (N, m) configurations run with both; see "
+                f"`stratified_reduction`). "
+                f"gamma = {result['gamma']:.2f} (FLOPs), {c['gamma_seconds']:.2f} (seconds). "
+                f"Quality: Frechet distance on classifier features to the held-out split, "
+                f"{result['config']['quality_samples']} samples; training images score "
+                f"{result['quality']['data']:.2f}. Widths {result['widths']}; per image: MFLOP "
+                f"{[round(f / 1e6, 1) for f in c['flops']]}, "
+                f"eps_l {[round(e, 1) for e in c['errors']]}, "
+                f"v_l {[round(v) for v in c['variances']]}. Written by `experiments/diffusion.py`.",
+                "",
+                limits_text(result["limits"], result["target_error"]),
+            ]
+        )
+        + "\n"
+    )
 
 
 def limits_text(limits: dict, target: float) -> str:
     """The README paragraph on what limits the speedup (see `speedup_model`)."""
-    rows = ["| v_l reduced by | predicted FLOP speedup | predicted wall-clock speedup |",
-            "|---|---|---|"]
+    rows = [
+        "| v_l reduced by | predicted FLOP speedup | predicted wall-clock speedup |",
+        "|---|---|---|",
+    ]
     for row in limits["predicted"]:
-        rows.append(f"| {row['reduction']}x | {_times(row['speedup_flops'])} | "
-                    f"{_times(row['speedup_wallclock'])} |")
+        rows.append(
+            f"| {row['reduction']}x | {_times(row['speedup_flops'])} | "
+            f"{_times(row['speedup_wallclock'])} |"
+        )
     fit = limits["fit"]
     worst = max(max(f["error"] / f["predicted"], f["predicted"] / f["error"]) for f in fit)
     need = limits["reduction_for_4x_flops"]
-    return "\n".join([
-        f"What limits the speedup, predicted at the target error {target:.2f} by the error "
-        f"model of `speedup_model` (EM error = {limits['em_fit']['a']:.0f} "
-        f"N^-{limits['em_fit']['q']:.2f}; ML-EM adds kappa = {limits['kappa']:.2f} times "
-        f"the randomisation variance sum_l v_l (1/p_l - 1) / N; it matches the "
-        f"{len(fit)} constant-p ML-EM points within a factor {worst:.1f}): ML-EM reaches "
-        f"4x fewer FLOPs only if the corrections' variances v_l were "
-        + (f"{need}x smaller than measured." if need else "more than "
-           f"{limits['predicted'][-1]['reduction']}x smaller than measured.")
-        + " In wall-clock it cannot beat EM by more than c_K / c_1 = "
-        f"{limits['wallclock_bound']:.1f}x at any variance (some level runs at every step, "
-        f"and the smallest UNet takes 1/{limits['wallclock_bound']:.1f} of the largest's time "
-        f"on this CPU, against 1/{limits['flops_bound']:.0f} of its FLOPs). At the measured "
-        "v_l it predicts these FLOP speedups at the error of each EM point: "
-        + ", ".join(f"{_times(row['speedup_flops'])} at {row['target']:.2f}"
-                    for row in limits["by_target"]) + ".",
-        "",
-        *rows,
-    ])
+    return "\n".join(
+        [
+            f"What limits the speedup, predicted at the target error {target:.2f} by the error "
+            f"model of `speedup_model` (EM error = {limits['em_fit']['a']:.0f} "
+            f"N^-{limits['em_fit']['q']:.2f}; ML-EM adds kappa = {limits['kappa']:.2f} times "
+            f"the randomisation variance sum_l v_l (1/p_l - 1) / N; it matches the "
+            f"{len(fit)} constant-p ML-EM points within a factor {worst:.1f}): ML-EM reaches "
+            f"4x fewer FLOPs only if the corrections' variances v_l were "
+            + (
+                f"{need}x smaller than measured."
+                if need
+                else f"more than {limits['predicted'][-1]['reduction']}x smaller than measured."
+            )
+            + " In wall-clock it cannot beat EM by more than c_K / c_1 = "
+            f"{limits['wallclock_bound']:.1f}x at any variance (some level runs at every step, "
+            f"and the smallest UNet takes 1/{limits['wallclock_bound']:.1f} of the largest's time "
+            f"on this CPU, against 1/{limits['flops_bound']:.0f} of its FLOPs). At the measured "
+            "v_l it predicts these FLOP speedups at the error of each EM point: "
+            + ", ".join(
+                f"{_times(row['speedup_flops'])} at {row['target']:.2f}"
+                for row in limits["by_target"]
+            )
+            + ".",
+            "",
+            *rows,
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -360,12 +467,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
     parser.add_argument("--checkpoints", default=str(CHECKPOINTS))
     parser.add_argument("--out", default=str(RESULTS))
-    parser.add_argument("--kind", choices=KINDS, default="sde",
-                        help="reverse SDE or probability-flow ODE (results named "
-                             "diffusion_ode*)")
-    parser.add_argument("--summarise", action="store_true",
-                        help="only recompute the speedups and the table from the stored "
-                             "results of --kind")
+    parser.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="sde",
+        help="reverse SDE or probability-flow ODE (results named diffusion_ode*)",
+    )
+    parser.add_argument(
+        "--summarise",
+        action="store_true",
+        help="only recompute the speedups and the table from the stored results of --kind",
+    )
     a = parser.parse_args(argv)
     if a.summarise:
         stored = json.loads((Path(a.out) / f"{result_stem(a.kind)}.json").read_text())
@@ -379,28 +491,46 @@ def main(argv: list[str] | None = None) -> dict:
     shape = tuple(manifests[-1]["image_shape"])
     features_model, classifier_manifest = classifier(directory, train, test)
 
-    calibration = calibrate(levels, jax.random.key(1), shape, count=config["calibration_images"],
-                            num_steps=config["calibration_steps"])
+    calibration = calibrate(
+        levels,
+        jax.random.key(1),
+        shape,
+        count=config["calibration_images"],
+        num_steps=config["calibration_steps"],
+    )
     if not a.quick:
         write_calibration(directory / "calibration.json", calibration)
     flops = calibration["flops"]
-    print(f"calibrated: gamma {calibration['gamma']:.2f}, flops {flops}, "
-          f"eps {calibration['errors']}, v {calibration['variances']}", flush=True)
+    print(
+        f"calibrated: gamma {calibration['gamma']:.2f}, flops {flops}, "
+        f"eps {calibration['errors']}, v {calibration['variances']}",
+        flush=True,
+    )
 
     x1 = initial_noise(jax.random.key(2), config["images"], shape)
-    path = (grid_brownian_path(jax.random.key(3), x1.shape, config["reference_steps"], T_MIN)
-            if a.kind == "sde" else None)
+    path = (
+        grid_brownian_path(jax.random.key(3), x1.shape, config["reference_steps"], T_MIN)
+        if a.kind == "sde"
+        else None
+    )
     cache: dict = {}
-    reference = run_setting(Setting("em", config["reference_steps"]), levels, x1, path, None,
-                            flops, cache).samples
+    reference = run_setting(
+        Setting("em", config["reference_steps"]), levels, x1, path, None, flops, cache
+    ).samples
     points, by_label = [], {}
     for family, family_settings in settings(config, calibration).items():
         for setting in family_settings:
             by_label[setting.label] = setting
-            points.append(measure(family, setting, levels, x1, path, flops,
-                                  config["draw_seeds"], reference, cache))
-            print(f"{setting.label:<28} error {points[-1]['error']:.4f} "
-                  f"MFLOP {points[-1]['flops'] / 1e6:.1f}", flush=True)
+            points.append(
+                measure(
+                    family, setting, levels, x1, path, flops, config["draw_seeds"], reference, cache
+                )
+            )
+            print(
+                f"{setting.label:<28} error {points[-1]['error']:.4f} "
+                f"MFLOP {points[-1]['flops'] / 1e6:.1f}",
+                flush=True,
+            )
 
     em_point = next(p for p in points if p["label"] == f"EM N={config['operating_steps']}")
     target = em_point["error"]
@@ -408,30 +538,60 @@ def main(argv: list[str] | None = None) -> dict:
     timing_batch = initial_noise(jax.random.key(11), config["quality_samples"], shape)
     seconds = wallclock(chosen, by_label, levels, timing_batch, cache)
     level_seconds = level_costs(levels, 1.0, timing_batch).seconds / len(timing_batch)
-    scores, _ = quality(chosen, by_label, levels, features_model, test.images, shape,
-                        config["quality_samples"], flops, cache)
+    scores, _ = quality(
+        chosen,
+        by_label,
+        levels,
+        features_model,
+        test.images,
+        shape,
+        config["quality_samples"],
+        flops,
+        cache,
+    )
     scores["data"] = frechet_distance(
-        classifier_features(features_model, train.images[:config["quality_samples"]]),
-        classifier_features(features_model, test.images))
-    grids = equal_cost_grids(chosen["mlem"], chosen["mlem_s3"], by_label, levels, shape, flops,
-                             cache)
+        classifier_features(features_model, train.images[: config["quality_samples"]]),
+        classifier_features(features_model, test.images),
+    )
+    grids = equal_cost_grids(
+        chosen["mlem"], chosen["mlem_s3"], by_label, levels, shape, flops, cache
+    )
     stem = result_stem(a.kind)
     plot(points, grids, calibration, out / f"{stem}_frontier.png", out / f"{stem}_samples.png")
 
     result = {
-        "kind": a.kind, "gamma": calibration["gamma"],
-        "quality": scores, "target_error": target, "operating_points": chosen,
-        "wallclock_seconds": seconds, "level_seconds": level_seconds.tolist(),
+        "kind": a.kind,
+        "gamma": calibration["gamma"],
+        "quality": scores,
+        "target_error": target,
+        "operating_points": chosen,
+        "wallclock_seconds": seconds,
+        "level_seconds": level_seconds.tolist(),
         "calibration": calibration,
         "frontiers": {family: frontier(points, family) for family in FAMILIES},
-        "points": points, "config": config, "widths": [m.width for m in models],
-        "training": [{k: m.get(k) for k in ("objective", "steps", "final_loss",
-                                            "train_seconds", "parameters", "pretrained")}
-                     for m in manifests],
+        "points": points,
+        "config": config,
+        "widths": [m.width for m in models],
+        "training": [
+            {
+                k: m.get(k)
+                for k in (
+                    "objective",
+                    "steps",
+                    "final_loss",
+                    "train_seconds",
+                    "parameters",
+                    "pretrained",
+                )
+            }
+            for m in manifests
+        ],
         "classifier": {k: classifier_manifest.get(k) for k in ("test_accuracy", "train_seconds")},
-        "equal_cost_grids": {k: {"label": g["label"], "flops": g["flops"]}
-                             for k, g in grids.items()},
-        "seconds": time.perf_counter() - start, "quick": a.quick,
+        "equal_cost_grids": {
+            k: {"label": g["label"], "flops": g["flops"]} for k, g in grids.items()
+        },
+        "seconds": time.perf_counter() - start,
+        "quick": a.quick,
     }
     return write(summarise(result), out)
 
@@ -444,14 +604,20 @@ def summarise(result: dict) -> dict:
     points = result["points"]
     em_flops, em_seconds = chosen["em"]["flops"], seconds["em"]
     result["speedups"] = {
-        family: {"flops": em_flops / chosen[family]["flops"],
-                 "wallclock": em_seconds / seconds[family]}
-        if chosen[family]["reaches_target"] else {"flops": None, "wallclock": None}
-        for family in FAMILIES if family != "em"
+        family: {
+            "flops": em_flops / chosen[family]["flops"],
+            "wallclock": em_seconds / seconds[family],
+        }
+        if chosen[family]["reaches_target"]
+        else {"flops": None, "wallclock": None}
+        for family in FAMILIES
+        if family != "em"
     }
     mlem = [f for f in SCHEDULES if chosen[f]["reaches_target"]] or list(SCHEDULES)
-    best = min(mlem, key=lambda f: (chosen[f]["flops"] if chosen[f]["reaches_target"]
-                                    else chosen[f]["error"]))
+    best = min(
+        mlem,
+        key=lambda f: chosen[f]["flops"] if chosen[f]["reaches_target"] else chosen[f]["error"],
+    )
     result["mlem_best"] = best
     result["speedup_flops"] = result["speedups"][best]["flops"]
     result["speedup_wallclock"] = result["speedups"][best]["wallclock"]
@@ -469,9 +635,15 @@ def summarise(result: dict) -> dict:
             if family == "em":
                 continue
             reached = operating(points, family, em["error"])
-            row[family] = ({"label": reached["label"], "flops": reached["flops"],
-                            "speedup_flops": em["flops"] / reached["flops"]}
-                           if reached["reaches_target"] else None)
+            row[family] = (
+                {
+                    "label": reached["label"],
+                    "flops": reached["flops"],
+                    "speedup_flops": em["flops"] / reached["flops"],
+                }
+                if reached["reaches_target"]
+                else None
+            )
         by_target.append(row)
     result["speedup_by_target"] = by_target
     result["limits"] = speedup_model(result)
@@ -492,10 +664,11 @@ def stratified_reduction(result: dict) -> dict:
             key = (p["steps"], p["label"].rsplit(" m=", 1)[1])
             excess = p["error"] ** 2 - (fit["a"] * p["steps"] ** -fit["q"]) ** 2
             by_config.setdefault(key, {})[p["family"]] = excess
-    rows = [{"steps": n, "m": m,
-             "reduction": e["mlem"] / e["mlem_s"] if e["mlem_s"] > 0 else None}
-            for (n, m), e in sorted(by_config.items(), key=lambda kv: (kv[0][0], float(kv[0][1])))
-            if len(e) == 2]
+    rows = [
+        {"steps": n, "m": m, "reduction": e["mlem"] / e["mlem_s"] if e["mlem_s"] > 0 else None}
+        for (n, m), e in sorted(by_config.items(), key=lambda kv: (kv[0][0], float(kv[0][1])))
+        if len(e) == 2
+    ]
     values = [r["reduction"] for r in rows if r["reduction"] is not None]
     return {"rows": rows, "median": float(np.median(values)) if values else None}
 
@@ -519,8 +692,9 @@ def speedup_model(result: dict, reductions=(1, 2, 4, 8, 16, 32, 64, 128)) -> dic
     c = result["calibration"]
     points, target = result["points"], result["target_error"]
     em = [p for p in points if p["family"] == "em"]
-    slope, intercept = np.polyfit(np.log([p["steps"] for p in em]),
-                                  np.log([p["error"] for p in em]), 1)
+    slope, intercept = np.polyfit(
+        np.log([p["steps"] for p in em]), np.log([p["error"] for p in em]), 1
+    )
     q, a = -slope, float(np.exp(intercept))
     v = np.asarray(c["variances"])
 
@@ -542,23 +716,42 @@ def speedup_model(result: dict, reductions=(1, 2, 4, 8, 16, 32, 64, 128)) -> dic
             grid.append((n, randomisation(n, p), evaluated))
 
     def speedup(costs, s: float, error: float = target) -> float | None:
-        reach = [n * float(np.dot(p, costs)) for n, r, p in grid
-                 if (a * n**-q) ** 2 + kappa * r / s <= error**2]
+        reach = [
+            n * float(np.dot(p, costs))
+            for n, r, p in grid
+            if (a * n**-q) ** 2 + kappa * r / s <= error**2
+        ]
         return (a / error) ** (1 / q) * costs[-1] / min(reach) if reach else None
 
     flops, seconds = np.asarray(c["flops"]), np.asarray(result["level_seconds"])
-    predicted = [{"reduction": s, "speedup_flops": speedup(flops, s),
-                  "speedup_wallclock": speedup(seconds, s)} for s in reductions]
-    needed = [row["reduction"] for row in predicted
-              if row["speedup_flops"] is not None and row["speedup_flops"] >= 4]
+    predicted = [
+        {
+            "reduction": s,
+            "speedup_flops": speedup(flops, s),
+            "speedup_wallclock": speedup(seconds, s),
+        }
+        for s in reductions
+    ]
+    needed = [
+        row["reduction"]
+        for row in predicted
+        if row["speedup_flops"] is not None and row["speedup_flops"] >= 4
+    ]
     return {
-        "em_fit": {"a": a, "q": q}, "kappa": kappa,
-        "fit": [{"label": p["label"], "error": p["error"],
-                 "predicted": float(np.sqrt((a * p["steps"] ** -q) ** 2 + kappa * x))}
-                for p, x, _ in fits],
+        "em_fit": {"a": a, "q": q},
+        "kappa": kappa,
+        "fit": [
+            {
+                "label": p["label"],
+                "error": p["error"],
+                "predicted": float(np.sqrt((a * p["steps"] ** -q) ** 2 + kappa * x)),
+            }
+            for p, x, _ in fits
+        ],
         "predicted": predicted,
-        "by_target": [{"target": p["error"], "speedup_flops": speedup(flops, 1, p["error"])}
-                      for p in em],
+        "by_target": [
+            {"target": p["error"], "speedup_flops": speedup(flops, 1, p["error"])} for p in em
+        ],
         "reduction_for_4x_flops": needed[0] if needed else None,
         "wallclock_bound": result["level_seconds"][-1] / result["level_seconds"][0],
         "flops_bound": c["flops"][-1] / c["flops"][0],

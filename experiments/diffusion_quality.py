@@ -52,48 +52,105 @@ from mlem_jax.diffusion.sample import initial_noise, score_levels, stitch_switch
 
 
 RESULTS = Path(__file__).parent / "results"
-FULL = dict(samples=256, repeats=6, em_steps=(16, 32, 64, 128), mlem_steps=(64, 128),
-            budgets=(4.0, 8.0, 16.0), stratified_steps=(64, 96, 128),
-            stratified_budgets=(8.0, 16.0, 24.0), stitch_steps=(16, 32, 64), groups=16)
-QUICK = dict(samples=16, repeats=2, em_steps=(8, 16), mlem_steps=(16,), budgets=(2.0,),
-             stratified_steps=(16,), stratified_budgets=(4.0,), stitch_steps=(8,), groups=2)
-FAMILIES = {"em": "EM, largest UNet", "mlem": "ML-EM, constant p_l",
-            "mlem_s3": "ML-EM, stratified draws", "tstitch": "T-Stitch"}
+FULL = dict(
+    samples=256,
+    repeats=6,
+    em_steps=(16, 32, 64, 128),
+    mlem_steps=(64, 128),
+    budgets=(4.0, 8.0, 16.0),
+    stratified_steps=(64, 96, 128),
+    stratified_budgets=(8.0, 16.0, 24.0),
+    stitch_steps=(16, 32, 64),
+    groups=16,
+)
+QUICK = dict(
+    samples=16,
+    repeats=2,
+    em_steps=(8, 16),
+    mlem_steps=(16,),
+    budgets=(2.0,),
+    stratified_steps=(16,),
+    stratified_budgets=(4.0,),
+    stitch_steps=(8,),
+    groups=2,
+)
+FAMILIES = {
+    "em": "EM, largest UNet",
+    "mlem": "ML-EM, constant p_l",
+    "mlem_s3": "ML-EM, stratified draws",
+    "tstitch": "T-Stitch",
+}
 
 
 def settings(config: dict, calibration: dict) -> dict[str, list[Setting]]:
     """Every configuration, by family."""
     return {
         "em": [Setting("em", n, label=f"EM N={n}") for n in config["em_steps"]],
-        "mlem": [Setting("mlem", n, probabilities_for(calibration, n, m),
-                         label=f"ML-EM N={n} m={m:g}", groups=config["groups"])
-                 for n in config["mlem_steps"] for m in config["budgets"]],
-        "mlem_s3": [Setting("mlem", n, probabilities_for(calibration, n, m, "stratified"),
-                            label=f"ML-EM stratified N={n} m={m:g}", draws="stratified",
-                            groups=config["groups"])
-                    for n in config["stratified_steps"] for m in config["stratified_budgets"]],
-        "tstitch": [Setting("tstitch", n, switch=stitch_switch(0.5), label=f"T-Stitch N={n}")
-                    for n in config["stitch_steps"]],
+        "mlem": [
+            Setting(
+                "mlem",
+                n,
+                probabilities_for(calibration, n, m),
+                label=f"ML-EM N={n} m={m:g}",
+                groups=config["groups"],
+            )
+            for n in config["mlem_steps"]
+            for m in config["budgets"]
+        ],
+        "mlem_s3": [
+            Setting(
+                "mlem",
+                n,
+                probabilities_for(calibration, n, m, "stratified"),
+                label=f"ML-EM stratified N={n} m={m:g}",
+                draws="stratified",
+                groups=config["groups"],
+            )
+            for n in config["stratified_steps"]
+            for m in config["stratified_budgets"]
+        ],
+        "tstitch": [
+            Setting("tstitch", n, switch=stitch_switch(0.5), label=f"T-Stitch N={n}")
+            for n in config["stitch_steps"]
+        ],
     }
 
 
-def score(family: str, setting: Setting, levels, features_model, held_out_features,
-          shape, config: dict, flops, cache: dict) -> dict:
+def score(
+    family: str,
+    setting: Setting,
+    levels,
+    features_model,
+    held_out_features,
+    shape,
+    config: dict,
+    flops,
+    cache: dict,
+) -> dict:
     """FD to the held-out split on `repeats` independent batches; cost per image."""
     distances, spent, seconds = [], [], []
     for r in range(config["repeats"]):
         x1 = initial_noise(jax.random.key(1000 + r), config["samples"], shape)
-        outcome = run_setting(setting, levels, x1, jax.random.key(2000 + r),
-                              jax.random.key(3000 + r), flops, cache)
-        distances.append(frechet_distance(classifier_features(features_model, outcome.samples),
-                                          held_out_features))
+        outcome = run_setting(
+            setting, levels, x1, jax.random.key(2000 + r), jax.random.key(3000 + r), flops, cache
+        )
+        distances.append(
+            frechet_distance(
+                classifier_features(features_model, outcome.samples), held_out_features
+            )
+        )
         spent.append(outcome.flops)
         seconds.append(outcome.seconds / config["samples"])
-    return {"label": setting.label, "family": family, "steps": setting.num_steps,
-            "fd": float(np.mean(distances)),
-            "fd_standard_error": float(np.std(distances, ddof=1) / np.sqrt(len(distances))),
-            "fd_repeats": distances, "flops": float(np.mean(spent)),
-            "seconds": float(np.mean(seconds))}
+    return {
+        "label": setting.label,
+        "family": family,
+        "steps": setting.num_steps,
+        "fd": float(np.mean(distances)),
+        "fd_standard_error": float(np.std(distances, ddof=1) / np.sqrt(len(distances))),
+        "fd_repeats": distances,
+        "flops": float(np.mean(spent)),
+        "seconds": float(np.mean(seconds)),
+    }
 
 
 def equal_quality(points: list[dict]) -> list[dict]:
@@ -107,42 +164,65 @@ def equal_quality(points: list[dict]) -> list[dict]:
                 continue
             reach = [p for p in points if p["family"] == family and p["fd"] <= em["fd"]]
             best = min(reach, key=lambda p: p["flops"]) if reach else None
-            row[family] = None if best is None else {
-                "label": best["label"], "fd": best["fd"],
-                "fd_standard_error": best["fd_standard_error"],
-                "speedup_flops": em["flops"] / best["flops"],
-                "speedup_wallclock": em["seconds"] / best["seconds"]}
+            row[family] = (
+                None
+                if best is None
+                else {
+                    "label": best["label"],
+                    "fd": best["fd"],
+                    "fd_standard_error": best["fd_standard_error"],
+                    "speedup_flops": em["flops"] / best["flops"],
+                    "speedup_wallclock": em["seconds"] / best["seconds"],
+                }
+            )
         rows.append(row)
     return rows
 
 
 def table(result: dict) -> str:
     """Every configuration, then the speedups at equal quality."""
-    lines = ["| configuration | FD (mean ± standard error) | MFLOP / image | ms / image |",
-             "|---|---|---|---|"]
+    lines = [
+        "| configuration | FD (mean ± standard error) | MFLOP / image | ms / image |",
+        "|---|---|---|---|",
+    ]
     for p in result["points"]:
-        lines.append(f"| {p['label']} | {p['fd']:.1f} ± {p['fd_standard_error']:.1f} | "
-                     f"{p['flops'] / 1e6:.0f} | {p['seconds'] * 1e3:.1f} |")
-    lines += ["", "| quality of | FD | " + " | ".join(
-        f"{FAMILIES[f]}: speedup in FLOPs, wall-clock" for f in FAMILIES if f != "em") + " |",
-        "|---|---|" + "---|" * (len(FAMILIES) - 1)]
+        lines.append(
+            f"| {p['label']} | {p['fd']:.1f} ± {p['fd_standard_error']:.1f} | "
+            f"{p['flops'] / 1e6:.0f} | {p['seconds'] * 1e3:.1f} |"
+        )
+    lines += [
+        "",
+        "| quality of | FD | "
+        + " | ".join(f"{FAMILIES[f]}: speedup in FLOPs, wall-clock" for f in FAMILIES if f != "em")
+        + " |",
+        "|---|---|" + "---|" * (len(FAMILIES) - 1),
+    ]
     for row in result["equal_quality"]:
         cells = []
         for family in FAMILIES:
             if family == "em":
                 continue
             hit = row[family]
-            cells.append("not reached" if hit is None else
-                         f"{hit['speedup_flops']:.2f}x, {hit['speedup_wallclock']:.2f}x "
-                         f"({hit['label']}, FD {hit['fd']:.1f} ± {hit['fd_standard_error']:.1f})")
-        lines.append(f"| {row['em']} | {row['fd']:.1f} ± {row['fd_standard_error']:.1f} | "
-                     + " | ".join(cells) + " |")
+            cells.append(
+                "not reached"
+                if hit is None
+                else f"{hit['speedup_flops']:.2f}x, {hit['speedup_wallclock']:.2f}x "
+                f"({hit['label']}, FD {hit['fd']:.1f} ± {hit['fd_standard_error']:.1f})"
+            )
+        lines.append(
+            f"| {row['em']} | {row['fd']:.1f} ± {row['fd_standard_error']:.1f} | "
+            + " | ".join(cells)
+            + " |"
+        )
     c = result["config"]
-    lines += ["", f"FD of {c['samples']} samples to the held-out split, mean over "
-              f"{c['repeats']} independent batches ± its standard error; ML-EM draws its "
-              f"levels in {c['groups']} groups of each batch; training images score "
-              f"{result['data_fd']:.1f} at the same size. Written by "
-              "`experiments/diffusion_quality.py`."]
+    lines += [
+        "",
+        f"FD of {c['samples']} samples to the held-out split, mean over "
+        f"{c['repeats']} independent batches ± its standard error; ML-EM draws its "
+        f"levels in {c['groups']} groups of each batch; training images score "
+        f"{result['data_fd']:.1f} at the same size. Written by "
+        "`experiments/diffusion_quality.py`.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -162,21 +242,40 @@ def main(argv: list[str] | None = None) -> dict:
     assert isinstance(features_model, Classifier)
     held_out = classifier_features(features_model, load_mnist("test").images)
     train = load_mnist("train").images
-    data_fd = frechet_distance(classifier_features(features_model, train[:config["samples"]]),
-                               held_out)
+    data_fd = frechet_distance(
+        classifier_features(features_model, train[: config["samples"]]), held_out
+    )
     cache: dict = {}
     points = []
     for family, family_settings in settings(config, calibration).items():
         for setting in family_settings:
-            points.append(score(family, setting, levels, features_model, held_out, shape,
-                                config, calibration["flops"], cache))
-            print(f"{setting.label:<28} FD {points[-1]['fd']:7.1f} ± "
-                  f"{points[-1]['fd_standard_error']:5.1f}  "
-                  f"MFLOP {points[-1]['flops'] / 1e6:7.0f}",
-                  flush=True)
-    result = {"config": config, "data_fd": data_fd, "points": points,
-              "equal_quality": equal_quality(points), "quick": a.quick,
-              "seconds": time.perf_counter() - start}
+            points.append(
+                score(
+                    family,
+                    setting,
+                    levels,
+                    features_model,
+                    held_out,
+                    shape,
+                    config,
+                    calibration["flops"],
+                    cache,
+                )
+            )
+            print(
+                f"{setting.label:<28} FD {points[-1]['fd']:7.1f} ± "
+                f"{points[-1]['fd_standard_error']:5.1f}  "
+                f"MFLOP {points[-1]['flops'] / 1e6:7.0f}",
+                flush=True,
+            )
+    result = {
+        "config": config,
+        "data_fd": data_fd,
+        "points": points,
+        "equal_quality": equal_quality(points),
+        "quick": a.quick,
+        "seconds": time.perf_counter() - start,
+    }
     name = "diffusion_quality"
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / f"{name}_table.md").write_text(table(result))

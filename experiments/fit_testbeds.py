@@ -12,6 +12,7 @@ from mlem_jax.diffusion.data import load_mnist
 from mlem_jax.diffusion.latents import fit_latent_mixture, save_testbed
 from mlem_jax.diffusion.testbed import TESTBED_FILES, TESTBEDS
 
+
 SHAPES = {"pca16": (16, 16), "pca32": (32, 64)}
 
 

@@ -118,12 +118,19 @@ def timed_frontier(experiment: Experiment, records: list[dict]) -> list[dict]:
 def compare_variants(experiment: Experiment, em, nested_optimal, window) -> list[dict]:
     """Nested vs independent coupling, optimal vs naive probabilities, against EM."""
     variants = {("nested", "optimal"): nested_optimal}
-    for coupling, rule in (("independent", "optimal"), ("nested", "naive"),
-                           ("independent", "naive")):
+    for coupling, rule in (
+        ("independent", "optimal"),
+        ("nested", "naive"),
+        ("independent", "naive"),
+    ):
         variants[coupling, rule] = sweep_mlem(experiment, coupling, rule)
     return [
-        {"coupling": coupling, "probabilities": rule, **compare(em, records, window, "flops"),
-         "frontier": frontier(records)}
+        {
+            "coupling": coupling,
+            "probabilities": rule,
+            **compare(em, records, window, "flops"),
+            "frontier": frontier(records),
+        }
         for (coupling, rule), records in variants.items()
     ]
 
@@ -172,11 +179,22 @@ def run_gamma(gamma: float, paths: Paths, settings: Settings) -> dict:
         lap("comparison_sweeps")
     result["stage_seconds"] = stages
     result["seconds"] = sum(stages.values())
-    shown = {key: "n/a" if result[key] is None else f"{result[key]:.2f}" for key in (
-        "gamma_measured", "em_slope", "mlem_slope", "speedup_flops_at_min_error",
-        "speedup_wallclock_at_min_error")}
-    print(f"gamma={gamma:g}: " + ", ".join(f"{k} {v}" for k, v in shown.items())
-          + f"; {result['seconds']:.0f} s", flush=True)
+    shown = {
+        key: "n/a" if result[key] is None else f"{result[key]:.2f}"
+        for key in (
+            "gamma_measured",
+            "em_slope",
+            "mlem_slope",
+            "speedup_flops_at_min_error",
+            "speedup_wallclock_at_min_error",
+        )
+    }
+    print(
+        f"gamma={gamma:g}: "
+        + ", ".join(f"{k} {v}" for k, v in shown.items())
+        + f"; {result['seconds']:.0f} s",
+        flush=True,
+    )
     return result
 
 
@@ -199,17 +217,27 @@ def run(settings: Settings, quick: bool) -> dict:
     results = [run_gamma(gamma, paths, settings) for gamma in settings.gammas]
     duration = time.perf_counter() - start
     print(f"total {duration:.0f} s", flush=True)
-    return compact({"settings": dataclasses.asdict(settings), "quick": quick,
-                    "duration_seconds": duration, "gammas": results})
+    return compact(
+        {
+            "settings": dataclasses.asdict(settings),
+            "quick": quick,
+            "duration_seconds": duration,
+            "gammas": results,
+        }
+    )
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small smoke-test sizes")
-    parser.add_argument("--out", type=pathlib.Path,
-                        default=pathlib.Path(__file__).parent / "results")
-    parser.add_argument("--render-only", action="store_true",
-                        help="redraw the figure and table from OUT/htmc.json, run nothing")
+    parser.add_argument(
+        "--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results"
+    )
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="redraw the figure and table from OUT/htmc.json, run nothing",
+    )
     options = parser.parse_args(argv)
     results_file = options.out / "htmc.json"
     if options.render_only:

@@ -24,8 +24,9 @@ def fit_window(em_records: list[dict]) -> tuple[float, float]:
 def _slope(records: list[dict], cost: str, window) -> float | None:
     """Frontier slope over `window`, None with fewer than two frontier points in it."""
     try:
-        return mlem_jax.frontier_slope([r["error"] for r in records],
-                                       [r[cost] for r in records], error_range=window)
+        return mlem_jax.frontier_slope(
+            [r["error"] for r in records], [r[cost] for r in records], error_range=window
+        )
     except ValueError:
         return None
 
@@ -46,12 +47,19 @@ def compare(em: list[dict], mlem: list[dict], window, cost: str) -> dict:
         return None if np.isinf(mlem_cost) else em_cost / mlem_cost
 
     slopes = {}
-    for name, part in (("", window), ("_lower_half", (window[0], middle)),
-                       ("_upper_half", (middle, window[1]))):
+    for name, part in (
+        ("", window),
+        ("_lower_half", (window[0], middle)),
+        ("_upper_half", (middle, window[1])),
+    ):
         slopes[f"em_slope{name}"] = _slope(em, cost, part)
         slopes[f"mlem_slope{name}"] = _slope(mlem, cost, part)
-    return {**slopes, "min_error": smallest, "speedup_at_min_error": speedup(smallest),
-            "speedup_at_window_low": speedup(window[0])}
+    return {
+        **slopes,
+        "min_error": smallest,
+        "speedup_at_min_error": speedup(smallest),
+        "speedup_at_window_low": speedup(window[0]),
+    }
 
 
 def _resampled(records: list[dict], chunks: np.ndarray) -> list[dict]:
@@ -101,36 +109,47 @@ def plot_frontiers(results: list[dict], path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = (("flops", "FLOPs per path", "flops", "_configurations", "_frontier"),
-            ("seconds", "seconds per path", "wallclock", "_frontier", "_wallclock_frontier"))
-    fig, axes = plt.subplots(2, len(results), figsize=(4.2 * len(results), 7.2),
-                             squeeze=False)
+    rows = (
+        ("flops", "FLOPs per path", "flops", "_configurations", "_frontier"),
+        ("seconds", "seconds per path", "wallclock", "_frontier", "_wallclock_frontier"),
+    )
+    fig, axes = plt.subplots(2, len(results), figsize=(4.2 * len(results), 7.2), squeeze=False)
     for column, result in enumerate(results):
         window = result["fit_window"]
         for row, (cost, label, fits, points, line) in enumerate(rows):
             ax = axes[row, column]
             for method, name, color in METHODS:
                 every = result[f"{method}{points}"]
-                ax.scatter([r["error"] for r in every], [r[cost] for r in every], s=4,
-                           color=color, alpha=0.25)
+                ax.scatter(
+                    [r["error"] for r in every],
+                    [r[cost] for r in every],
+                    s=4,
+                    color=color,
+                    alpha=0.25,
+                )
                 front = result[f"{method}{line}"]
                 slope = result[fits][f"{method}_slope"]
                 legend = f"{name}: slope " + ("n/a" if slope is None else f"{slope:.2f}")
-                ax.plot([r["error"] for r in front], [r[cost] for r in front], "o-",
-                        color=color, ms=3, label=legend)
+                ax.plot(
+                    [r["error"] for r in front],
+                    [r[cost] for r in front],
+                    "o-",
+                    color=color,
+                    ms=3,
+                    label=legend,
+                )
                 if slope is not None:
-                    ax.plot(*_fitted_line(front, cost, window, slope), "--", color="black",
-                            lw=1)
+                    ax.plot(*_fitted_line(front, cost, window, slope), "--", color="black", lw=1)
             ax.axvspan(*window, color="grey", alpha=0.1)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("strong error RMS |X_T - X_T^ref|")
             ax.set_ylabel(label)
-            ax.set_title(f"gamma = {result['gamma_nominal']} "
-                         f"(measured {result['gamma_measured']:.2f})")
+            ax.set_title(
+                f"gamma = {result['gamma_nominal']} (measured {result['gamma_measured']:.2f})"
+            )
             ax.legend(fontsize=8)
-    fig.suptitle("Cost-error frontiers; shaded: fit window; theory EM gamma+1, "
-                 "ML-EM max(gamma, 2)")
+    fig.suptitle("Cost-error frontiers; shaded: fit window; theory EM gamma+1, ML-EM max(gamma, 2)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -182,8 +201,11 @@ def markdown_table(report: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for r in report["gammas"]:
-        halves = [_number(r["flops"][f"{method}_slope_{half}_half"], ".2f")
-                  for method in ("em", "mlem") for half in ("lower", "upper")]
+        halves = [
+            _number(r["flops"][f"{method}_slope_{half}_half"], ".2f")
+            for method in ("em", "mlem")
+            for half in ("lower", "upper")
+        ]
         lines.append(f"| {r['gamma_nominal']:g} | " + " | ".join(halves) + " |")
     for r in report["gammas"]:
         if "comparison" not in r:

@@ -73,8 +73,7 @@ def brownian_paths(keys: jax.Array, *, shape: tuple, num_intervals: int):
     the reference grid."""
 
     def one(key):
-        tree = diffrax.VirtualBrownianTree(0.0, 1.0, tol=0.5 / num_intervals, shape=shape,
-                                           key=key)
+        tree = diffrax.VirtualBrownianTree(0.0, 1.0, tol=0.5 / num_intervals, shape=shape, key=key)
         return mlem_jax.sample_brownian_path(tree, num_intervals)
 
     return jax.vmap(jax.vmap(one))(keys)
@@ -86,8 +85,11 @@ def make_paths(settings: Settings) -> Paths:
     shape = (settings.num_chunks, settings.paths_per_chunk)
     return Paths(
         y0=jax.random.normal(key_y0, (*shape, settings.dim)),
-        brownian=brownian_paths(jax.random.split(key_brownian, shape), shape=(settings.dim,),
-                                num_intervals=settings.reference_steps),
+        brownian=brownian_paths(
+            jax.random.split(key_brownian, shape),
+            shape=(settings.dim,),
+            num_intervals=settings.reference_steps,
+        ),
         level_keys=jax.random.split(key_levels, settings.num_chunks),
     )
 
@@ -98,8 +100,19 @@ def constant_diffusion(t, y, sigma):
 
 
 @functools.partial(jax.jit, static_argnames=("num_steps", "coupling", "saveat"))
-def solve_chunk(levels, probabilities, flops, y0, brownian, level_key, sigma, *, num_steps,
-                coupling, saveat=None):
+def solve_chunk(
+    levels,
+    probabilities,
+    flops,
+    y0,
+    brownian,
+    level_key,
+    sigma,
+    *,
+    num_steps,
+    coupling,
+    saveat=None,
+):
     """`solve` `vmap`ped over the paths of one chunk, with one unbatched level key.
 
     Returns the states, (C, d) (or (C, S, d) with `saveat`), and the FLOPs spent per path.
@@ -107,22 +120,41 @@ def solve_chunk(levels, probabilities, flops, y0, brownian, level_key, sigma, *,
 
     def one(y0, path):
         return mlem_jax.solve(
-            levels, y0, 0.0, 1.0, num_steps, probabilities=probabilities,
-            diffusion=constant_diffusion, key=level_key, brownian=path, args=sigma,
-            coupling=coupling, saveat=saveat, costs=flops,
+            levels,
+            y0,
+            0.0,
+            1.0,
+            num_steps,
+            probabilities=probabilities,
+            diffusion=constant_diffusion,
+            key=level_key,
+            brownian=path,
+            args=sigma,
+            coupling=coupling,
+            saveat=saveat,
+            costs=flops,
         )
 
     solution = jax.vmap(one)(y0, brownian)
     return solution.ys, solution.cost[0]
 
 
-def solve_paths(levels, probabilities, flops, paths, sigma, *, num_steps, coupling="nested",
-                saveat=None):
+def solve_paths(
+    levels, probabilities, flops, paths, sigma, *, num_steps, coupling="nested", saveat=None
+):
     """Solve chunk by chunk (one compiled function): the states of all paths, (R, C, ...),
     and the mean FLOPs spent per path."""
     outputs = [
-        solve_chunk(levels, probabilities, flops, *paths.chunk(index), sigma,
-                    num_steps=num_steps, coupling=coupling, saveat=saveat)
+        solve_chunk(
+            levels,
+            probabilities,
+            flops,
+            *paths.chunk(index),
+            sigma,
+            num_steps=num_steps,
+            coupling=coupling,
+            saveat=saveat,
+        )
         for index in range(paths.y0.shape[0])
     ]
     states, costs = zip(*outputs)
@@ -130,15 +162,24 @@ def solve_paths(levels, probabilities, flops, paths, sigma, *, num_steps, coupli
 
 
 @functools.partial(jax.jit, static_argnames=("num_steps", "coupling"))
-def production_solve(levels, probabilities, y0, noise_key, level_key, sigma, *, num_steps,
-                     coupling):
+def production_solve(
+    levels, probabilities, y0, noise_key, level_key, sigma, *, num_steps, coupling
+):
     """X_T of a batch of paths in one `vmap`, one level key, PRNG-key increments: what a
     user runs, and what is timed."""
 
     def one(y0, brownian_key):
         return mlem_jax.solve(
-            levels, y0, 0.0, 1.0, num_steps, probabilities=probabilities,
-            diffusion=constant_diffusion, key=level_key, brownian=brownian_key, args=sigma,
+            levels,
+            y0,
+            0.0,
+            1.0,
+            num_steps,
+            probabilities=probabilities,
+            diffusion=constant_diffusion,
+            key=level_key,
+            brownian=brownian_key,
+            args=sigma,
             coupling=coupling,
         ).ys
 
@@ -166,13 +207,18 @@ class Experiment:
         """Strong error (and its per-chunk parts) and FLOPs per path of
         `self.levels[levels]` with p."""
         ys, flops = solve_paths(
-            self.levels[levels], None if probabilities is None else jnp.asarray(probabilities),
-            self.flops[levels], self.paths, self.settings.sigma, num_steps=num_steps,
+            self.levels[levels],
+            None if probabilities is None else jnp.asarray(probabilities),
+            self.flops[levels],
+            self.paths,
+            self.settings.sigma,
+            num_steps=num_steps,
             coupling=coupling,
         )
         squared = chunk_squared_errors(ys, self.reference_ys)
-        return dict(error=float(np.sqrt(np.mean(squared))), flops=flops,
-                    chunk_squared_errors=squared)
+        return dict(
+            error=float(np.sqrt(np.mean(squared))), flops=flops, chunk_squared_errors=squared
+        )
 
     def seconds_per_path(self, record: dict) -> float:
         """Median wall-clock of the production solve of a record's configuration over all
@@ -184,11 +230,20 @@ class Experiment:
             probabilities = jnp.asarray(record["probabilities"])
             level_key = self.paths.level_keys[0]
         y0 = self.paths.y0.reshape(-1, self.settings.dim)
-        solve = functools.partial(production_solve, num_steps=record["num_steps"],
-                                  coupling=record.get("coupling", "nested"))
+        solve = functools.partial(
+            production_solve,
+            num_steps=record["num_steps"],
+            coupling=record.get("coupling", "nested"),
+        )
         seconds = mlem_jax.median_seconds(
-            solve, levels, probabilities, y0, jax.random.key(self.settings.seed + 2),
-            level_key, self.settings.sigma, repeats=self.settings.timing_repeats,
+            solve,
+            levels,
+            probabilities,
+            y0,
+            jax.random.key(self.settings.seed + 2),
+            level_key,
+            self.settings.sigma,
+            repeats=self.settings.timing_repeats,
         )
         return seconds / len(y0)
 
@@ -197,18 +252,26 @@ def prepare(gamma: float, paths: Paths, settings: Settings) -> tuple[Experiment,
     """Reference solution and level calibration (eps_l, v_l, FLOPs, seconds, gamma)."""
     levels, reference = drift_family(gamma, settings)
     reference_ys, _ = solve_paths(
-        [reference], None, jnp.ones(1), paths, settings.sigma,
+        [reference],
+        None,
+        jnp.ones(1),
+        paths,
+        settings.sigma,
         num_steps=settings.reference_steps,
     )
     trajectories, _ = solve_paths(
-        [reference], None, jnp.ones(1), paths, settings.sigma,
-        num_steps=settings.calibration_steps, saveat="steps",
+        [reference],
+        None,
+        jnp.ones(1),
+        paths,
+        settings.sigma,
+        num_steps=settings.calibration_steps,
+        saveat="steps",
     )
     ys = trajectories.reshape(-1, settings.dim)
     times = jnp.linspace(0.0, 1.0, settings.calibration_steps + 1)
     ts = jnp.tile(times, len(ys) // len(times))
-    statistics = mlem_jax.level_statistics(levels, ts, ys, reference=reference,
-                                           batch_size=256)
+    statistics = mlem_jax.level_statistics(levels, ts, ys, reference=reference, batch_size=256)
     costs = mlem_jax.level_costs(levels, 0.0, ys[0], repeats=5)
     calibration = {
         "feature_counts": feature_counts(settings)[:-1],
@@ -245,8 +308,11 @@ def mlem_probabilities(experiment, top_level, num_steps, budget, coupling, rule)
     if rule == "naive":
         return naive_probabilities(top_level)
     return mlem_jax.optimal_probabilities(
-        experiment.flops[:top_level], experiment.variances[: top_level - 1],
-        top_level_evaluations=budget, num_steps=num_steps, coupling=coupling,
+        experiment.flops[:top_level],
+        experiment.variances[: top_level - 1],
+        top_level_evaluations=budget,
+        num_steps=num_steps,
+        coupling=coupling,
     )
 
 
@@ -262,11 +328,16 @@ def sweep_mlem(experiment: Experiment, coupling="nested", rule="optimal") -> lis
             for budget in budgets:
                 if budget is not None and budget >= num_steps:
                     continue
-                p = mlem_probabilities(experiment, top_level, num_steps, budget, coupling,
-                                       rule)
+                p = mlem_probabilities(experiment, top_level, num_steps, budget, coupling, rule)
                 outcome = experiment.run(slice(top_level), p, num_steps, coupling)
-                records.append(dict(
-                    top_level=top_level, num_steps=num_steps, top_level_evaluations=budget,
-                    coupling=coupling, probabilities=p.tolist(), **outcome,
-                ))
+                records.append(
+                    dict(
+                        top_level=top_level,
+                        num_steps=num_steps,
+                        top_level_evaluations=budget,
+                        coupling=coupling,
+                        probabilities=p.tolist(),
+                        **outcome,
+                    )
+                )
     return records

@@ -73,28 +73,55 @@ from mlem_jax.diffusion.sde import VPSDE, ScoreDrift
 from mlem_jax.diffusion.testbed import load_named_testbed
 from mlem_jax.diffusion.train import TrainConfig
 
+
 RESULTS = Path(__file__).parent / "results"
 SDE = VPSDE()
 FULL = dict(
-    testbeds=("pca16", "pca32"), widths=(16, 32, 64, 128, 256), stream=128,
-    hidden=(16, 32, 64, 128, 256, 512), consistency=0.1,
-    config=TrainConfig(steps=10_000, batch_size=256, learning_rate=2e-3, warmup=200,
-                       ema_decay=0.999, seed=0),
-    distill_steps=3000, timing_batch=256, reference_steps=3072,
+    testbeds=("pca16", "pca32"),
+    widths=(16, 32, 64, 128, 256),
+    stream=128,
+    hidden=(16, 32, 64, 128, 256, 512),
+    consistency=0.1,
+    config=TrainConfig(
+        steps=10_000, batch_size=256, learning_rate=2e-3, warmup=200, ema_decay=0.999, seed=0
+    ),
+    distill_steps=3000,
+    timing_batch=256,
+    reference_steps=3072,
     em_steps=(16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024),
     mlem_steps=(64, 96, 128, 192, 256, 384, 512, 768),
-    budgets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64), draws=("random", "stratified"),
-    depth_draws=("stratified",), draw_seeds=3, fractions=(0.25, 0.5, 0.75),
-    points_every=32, point_paths=64, quality_batches=8, exact_samples=10_000,
+    budgets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+    draws=("random", "stratified"),
+    depth_draws=("stratified",),
+    draw_seeds=3,
+    fractions=(0.25, 0.5, 0.75),
+    points_every=32,
+    point_paths=64,
+    quality_batches=8,
+    exact_samples=10_000,
     target_slack=1.1,
 )
 QUICK = dict(
-    FULL, testbeds=("pca16",), widths=(8, 16, 32), stream=16, hidden=(8, 16, 32),
-    config=TrainConfig(steps=40, batch_size=64, learning_rate=3e-3, warmup=5,
-                       ema_decay=0.9, seed=0),
-    distill_steps=20, timing_batch=32, reference_steps=256, em_steps=(8, 16, 32, 64),
-    mlem_steps=(32, 64), budgets=(2, 8), draw_seeds=2, fractions=(0.5,), points_every=16,
-    point_paths=8, quality_batches=3, exact_samples=500,
+    FULL,
+    testbeds=("pca16",),
+    widths=(8, 16, 32),
+    stream=16,
+    hidden=(8, 16, 32),
+    config=TrainConfig(
+        steps=40, batch_size=64, learning_rate=3e-3, warmup=5, ema_decay=0.9, seed=0
+    ),
+    distill_steps=20,
+    timing_batch=32,
+    reference_steps=256,
+    em_steps=(8, 16, 32, 64),
+    mlem_steps=(32, 64),
+    budgets=(2, 8),
+    draw_seeds=2,
+    fractions=(0.5,),
+    points_every=16,
+    point_paths=8,
+    quality_batches=3,
+    exact_samples=500,
 )
 FAMILIES = ("independent", "distilled", "exits", "exits_v", "exits_x", "stacked")
 # The early-exit families: (weight of the consistency penalty, input to every block).
@@ -109,14 +136,18 @@ def train_family(name: str, mixture, config: dict, directory: Path) -> list[Resi
     widths, hidden = config["widths"], config["hidden"]
     dim = mixture.dim
     if name in EXITS:
-        shapes = [ResidualMLP(dim, config["stream"], hidden, inject_input=EXITS[name][1],
-                              key=jax.random.key(7))]
+        shapes = [
+            ResidualMLP(
+                dim, config["stream"], hidden, inject_input=EXITS[name][1], key=jax.random.key(7)
+            )
+        ]
     else:
-        shapes = [ResidualMLP(dim, w, (w, w), key=jax.random.key(i))
-                  for i, w in enumerate(widths)]
+        shapes = [ResidualMLP(dim, w, (w, w), key=jax.random.key(i)) for i, w in enumerate(widths)]
     if name == "stacked":  # the exits under the top independent network
-        return (train_family("exits", mixture, config, directory)
-                + train_family("independent", mixture, config, directory)[-1:])
+        return (
+            train_family("exits", mixture, config, directory)
+            + train_family("independent", mixture, config, directory)[-1:]
+        )
     paths = [directory / name / f"level{i}" for i in range(len(shapes))]
     try:
         return [load_model(p)[0] for p in paths]
@@ -131,18 +162,22 @@ def train_family(name: str, mixture, config: dict, directory: Path) -> list[Resi
         models = [train_family("independent", mixture, config, directory)[-1]]
         short = train._replace(steps=config["distill_steps"], learning_rate=1e-3, seed=1)
         for student in reversed(train_family("independent", mixture, config, directory)[:-1]):
-            state = train_on_mixture([student], mixture, short, objective, teacher=models[0],
-                                     progress=False)
+            state = train_on_mixture(
+                [student], mixture, short, objective, teacher=models[0], progress=False
+            )
             models.insert(0, state.ema[0])
     else:
         consistency = EXITS[name][0]
-        joint = objective._replace(every_exit=True, consistency=(
-            config["consistency"] if consistency is None else consistency))
+        joint = objective._replace(
+            every_exit=True,
+            consistency=(config["consistency"] if consistency is None else consistency),
+        )
         models = list(train_on_mixture(shapes, mixture, train, joint, progress=False).ema)
     seconds = time.perf_counter() - start
     for path, model in zip(paths, models):
-        save_model(path, model, family=name, train_seconds=seconds, target="exact",
-                   config=train._asdict())
+        save_model(
+            path, model, family=name, train_seconds=seconds, target="exact", config=train._asdict()
+        )
     print(f"  trained {name} in {seconds:.0f} s", flush=True)
     return models
 
@@ -175,34 +210,54 @@ def make_bench(mixture, config: dict, seed: int = 0) -> Bench:
     x1 = jax.random.normal(noise_key, (batch, mixture.dim))
     path = grid_brownian_path(path_key, x1.shape, fine, T_MIN)
     exact = ExactDrift(mixture, SDE)
-    reference = mlem_jax.solve([exact], x1, 1.0, T_MIN, fine, diffusion=SDE.diffusion,
-                               brownian=path, saveat="steps")
+    reference = mlem_jax.solve(
+        [exact], x1, 1.0, T_MIN, fine, diffusion=SDE.diffusion, brownian=path, saveat="steps"
+    )
     every = np.arange(0, fine, config["points_every"])
-    return Bench(exact, x1, path, reference.ys[-1], reference.ts[every],
-                 reference.ys[every][:, : config["point_paths"]])
+    return Bench(
+        exact,
+        x1,
+        path,
+        reference.ys[-1],
+        reference.ts[every],
+        reference.ys[every][:, : config["point_paths"]],
+    )
 
 
 def calibrate_levels(levels, bench: Bench) -> dict:
     """delta_l, v_l (and their Gram matrix), FLOPs and seconds per sample, gamma."""
-    stats = mlem_jax.level_statistics(levels, bench.point_times, bench.point_states,
-                                      reference=bench.exact)
+    stats = mlem_jax.level_statistics(
+        levels, bench.point_times, bench.point_states, reference=bench.exact
+    )
     count = bench.point_states.shape[1]
     delta = stats.errors / np.sqrt(count)
     costs = mlem_jax.level_costs(levels, bench.point_times[0], bench.x1, repeats=5)
     batch = bench.x1.shape[0]
     flops = costs.flops / batch
-    return {"delta": delta.tolist(), "v": (stats.variances / count).tolist(),
-            "v_over_delta2": (stats.variances / count / delta[1:] ** 2).tolist(),
-            "flops": flops.tolist(), "seconds": costs.seconds.tolist(),
-            "gamma": mlem_jax.fit_gamma(flops, delta)}
+    return {
+        "delta": delta.tolist(),
+        "v": (stats.variances / count).tolist(),
+        "v_over_delta2": (stats.variances / count / delta[1:] ** 2).tolist(),
+        "flops": flops.tolist(),
+        "seconds": costs.seconds.tolist(),
+        "gamma": mlem_jax.fit_gamma(flops, delta),
+    }
 
 
 # --------------------------------------------------------------------------------- runs
-def run(setting: Setting, levels, bench: Bench, flops, cache: dict, key=None,
-        x1=None, path=None) -> tuple[float, float, np.ndarray]:
+def run(
+    setting: Setting, levels, bench: Bench, flops, cache: dict, key=None, x1=None, path=None
+) -> tuple[float, float, np.ndarray]:
     """(error, FLOPs per sample, samples) of one configuration."""
-    outcome = run_setting(setting, levels, bench.x1 if x1 is None else x1,
-                          bench.path if path is None else path, key, flops, cache)
+    outcome = run_setting(
+        setting,
+        levels,
+        bench.x1 if x1 is None else x1,
+        bench.path if path is None else path,
+        key,
+        flops,
+        cache,
+    )
     return strong_error(outcome.samples, bench.truth), outcome.flops, outcome.samples
 
 
@@ -212,37 +267,66 @@ def em_points(levels, bench: Bench, calibration: dict, config: dict, cache: dict
     for level in range(len(levels)):
         single = [levels[level]]
         for n in config["em_steps"]:
-            error, _, _ = run(Setting("em", n), single, bench, flops[level:level + 1], cache)
-            points.append({"method": "em", "level": level, "steps": n, "error": error,
-                           "flops": n * flops[level], "label": f"EM level {level + 1} N={n}"})
+            error, _, _ = run(Setting("em", n), single, bench, flops[level : level + 1], cache)
+            points.append(
+                {
+                    "method": "em",
+                    "level": level,
+                    "steps": n,
+                    "error": error,
+                    "flops": n * flops[level],
+                    "label": f"EM level {level + 1} N={n}",
+                }
+            )
     return points
 
 
 def probabilities(calibration: dict, n: int, m: float, draws: str, shared: bool) -> list:
-    p = mlem_jax.optimal_probabilities(calibration["flops"], calibration["v"],
-                                       top_level_evaluations=m, num_steps=n, draws=draws,
-                                       shared=shared)
+    p = mlem_jax.optimal_probabilities(
+        calibration["flops"],
+        calibration["v"],
+        top_level_evaluations=m,
+        num_steps=n,
+        draws=draws,
+        shared=shared,
+    )
     return p.tolist()
 
 
-def mlem_points(levels, bench: Bench, calibration: dict, config: dict, cache: dict,
-                shared: bool) -> list:
+def mlem_points(
+    levels, bench: Bench, calibration: dict, config: dict, cache: dict, shared: bool
+) -> list:
     points = []
     for draws in config["draws"]:
         for n in config["mlem_steps"]:
             for m in [m for m in config["budgets"] if m < n]:
                 p = probabilities(calibration, n, m, draws, shared)
-                setting = Setting("mlem", n, tuple(p), draws=draws,
-                                  label=f"ML-EM {draws} N={n} m={m}")
+                setting = Setting(
+                    "mlem", n, tuple(p), draws=draws, label=f"ML-EM {draws} N={n} m={m}"
+                )
                 squares, costs = [], []
                 for seed in range(config["draw_seeds"]):
-                    error, cost, _ = run(setting, levels, bench, calibration["flops"], cache,
-                                         key=jax.random.key(1000 + seed))
+                    error, cost, _ = run(
+                        setting,
+                        levels,
+                        bench,
+                        calibration["flops"],
+                        cache,
+                        key=jax.random.key(1000 + seed),
+                    )
                     squares.append(error**2)
                     costs.append(cost)
-                points.append({"method": f"mlem_{draws}", "steps": n, "budget": m,
-                               "probabilities": p, "error": float(np.sqrt(np.mean(squares))),
-                               "flops": float(np.mean(costs)), "label": setting.label})
+                points.append(
+                    {
+                        "method": f"mlem_{draws}",
+                        "steps": n,
+                        "budget": m,
+                        "probabilities": p,
+                        "error": float(np.sqrt(np.mean(squares))),
+                        "flops": float(np.mean(costs)),
+                        "label": setting.label,
+                    }
+                )
     return points
 
 
@@ -251,11 +335,24 @@ def tstitch_points(levels, bench: Bench, calibration: dict, config: dict, cache:
     separate = list(levels)
     for n in config["em_steps"][2:]:
         for fraction in config["fractions"]:
-            setting = Setting("tstitch", n, switch=stitch_switch(fraction), small=-2,
-                              label=f"T-Stitch N={n} f={fraction}")
+            setting = Setting(
+                "tstitch",
+                n,
+                switch=stitch_switch(fraction),
+                small=-2,
+                label=f"T-Stitch N={n} f={fraction}",
+            )
             error, cost, _ = run(setting, separate, bench, calibration["flops"], cache)
-            points.append({"method": "tstitch", "steps": n, "fraction": fraction,
-                           "error": error, "flops": cost, "label": setting.label})
+            points.append(
+                {
+                    "method": "tstitch",
+                    "steps": n,
+                    "fraction": fraction,
+                    "error": error,
+                    "flops": cost,
+                    "label": setting.label,
+                }
+            )
     return points
 
 
@@ -285,16 +382,16 @@ def speedups_at(targets: list[float], em: list, methods: dict) -> list:
     return rows
 
 
-def fit_kappa(points: list, em_model: mlem_jax.EMErrorModel, calibration: dict,
-              draws: str, top: int) -> float:
+def fit_kappa(
+    points: list, em_model: mlem_jax.EMErrorModel, calibration: dict, draws: str, top: int
+) -> float:
     """kappa from the two ML-EM runs of `draws` with the largest randomisation variance
     (the median of error^2 - modelled EM error^2 over the modelled variance)."""
     rows = []
     for p in points:
         if p["method"] != f"mlem_{draws}":
             continue
-        variance = mlem_jax.randomisation_variance(calibration["v"], p["probabilities"],
-                                                   p["steps"])
+        variance = mlem_jax.randomisation_variance(calibration["v"], p["probabilities"], p["steps"])
         excess = p["error"] ** 2 - em_model.error(top, p["steps"]) ** 2
         if variance > 0:
             rows.append((variance, excess / variance))
@@ -303,19 +400,37 @@ def fit_kappa(points: list, em_model: mlem_jax.EMErrorModel, calibration: dict,
     return float(np.median(values)) if values else 1.0
 
 
-def prediction(points: list, em: list, calibration: dict, target: float, shared: bool,
-               draws: tuple) -> dict:
-    em_model = mlem_jax.fit_em_error_model([p["level"] for p in em], [p["steps"] for p in em],
-                                           [p["error"] for p in em])
+def prediction(
+    points: list, em: list, calibration: dict, target: float, shared: bool, draws: tuple
+) -> dict:
+    em_model = mlem_jax.fit_em_error_model(
+        [p["level"] for p in em], [p["steps"] for p in em], [p["error"] for p in em]
+    )
     top = len(calibration["flops"]) - 1
-    out = {"em_model": {"floors": em_model.floors.tolist(), "scale": em_model.scale,
-                        "order": em_model.order}}
+    out = {
+        "em_model": {
+            "floors": em_model.floors.tolist(),
+            "scale": em_model.scale,
+            "order": em_model.order,
+        }
+    }
     for kind in draws:
         kappa = fit_kappa(points, em_model, calibration, kind, top)
-        predicted = mlem_jax.predict_speedup(calibration["flops"], calibration["v"], em_model,
-                                             target, kappa=kappa, draws=kind, shared=shared)
-        out[kind] = {"kappa": kappa, "speedup_flops": predicted.speedup,
-                      "steps": predicted.mlem_steps, "em_steps": predicted.em_steps}
+        predicted = mlem_jax.predict_speedup(
+            calibration["flops"],
+            calibration["v"],
+            em_model,
+            target,
+            kappa=kappa,
+            draws=kind,
+            shared=shared,
+        )
+        out[kind] = {
+            "kappa": kappa,
+            "speedup_flops": predicted.speedup,
+            "steps": predicted.mlem_steps,
+            "em_steps": predicted.em_steps,
+        }
     return out
 
 
@@ -326,11 +441,20 @@ def _sampler_call(point: dict, levels, bench: Bench, cache: dict):
         setting, chosen = Setting("em", point["steps"]), [levels[point["level"]]]
         key, p = jax.random.key(0), None
     else:
-        setting = Setting("mlem", point["steps"], tuple(point["probabilities"]),
-                          draws=point["method"].removeprefix("mlem_"))
+        setting = Setting(
+            "mlem",
+            point["steps"],
+            tuple(point["probabilities"]),
+            draws=point["method"].removeprefix("mlem_"),
+        )
         chosen, key, p = levels, jax.random.key(1000), jnp.asarray(point["probabilities"])
-    signature = (setting.method, setting.num_steps, setting.draws,
-                 None if p is None else mlem_jax.needed_levels(p), point.get("level"))
+    signature = (
+        setting.method,
+        setting.num_steps,
+        setting.draws,
+        None if p is None else mlem_jax.needed_levels(p),
+        point.get("level"),
+    )
     if signature not in cache:
         cache[signature] = compile_sampler(setting, chosen, bench.x1, bench.path)
     return lambda: cache[signature](chosen, bench.x1, bench.path, key, p)
@@ -344,12 +468,18 @@ def wallclock(em_point: dict, candidates: list, levels, bench: Bench) -> dict:
     timed = []
     for point in candidates:
         seconds = mlem_jax.interleaved_median_seconds(
-            [em_call, _sampler_call(point, levels, bench, cache)], repeats=3)
+            [em_call, _sampler_call(point, levels, bench, cache)], repeats=3
+        )
         timed.append((seconds[0] / seconds[1], seconds, point))
     ratio, seconds, point = max(timed, key=lambda row: row[0])
     batch = bench.x1.shape[0]
-    return {"em_ms": 1e3 * seconds[0] / batch, "mlem_ms": 1e3 * seconds[1] / batch,
-            "speedup": ratio, "point": point, "candidates": len(candidates)}
+    return {
+        "em_ms": 1e3 * seconds[0] / batch,
+        "mlem_ms": 1e3 * seconds[1] / batch,
+        "speedup": ratio,
+        "point": point,
+        "candidates": len(candidates),
+    }
 
 
 def quality(point: dict, levels, mixture, config: dict, cache: dict, flops) -> dict:
@@ -360,20 +490,28 @@ def quality(point: dict, levels, mixture, config: dict, cache: dict, flops) -> d
         bench_b = make_quality_batch(mixture, config, 100 + b)
         if point["method"] == "em":
             setting, chosen = Setting("em", point["steps"]), [levels[point["level"]]]
-            run_flops = flops[point["level"]:point["level"] + 1]
+            run_flops = flops[point["level"] : point["level"] + 1]
         else:
-            setting = Setting("mlem", point["steps"], tuple(point["probabilities"]),
-                              draws=point["method"].removeprefix("mlem_"))
+            setting = Setting(
+                "mlem",
+                point["steps"],
+                tuple(point["probabilities"]),
+                draws=point["method"].removeprefix("mlem_"),
+            )
             chosen, run_flops = levels, flops
-        outcome = run_setting(setting, chosen, bench_b[0], bench_b[1],
-                              jax.random.key(2000 + b), run_flops, cache)
+        outcome = run_setting(
+            setting, chosen, bench_b[0], bench_b[1], jax.random.key(2000 + b), run_flops, cache
+        )
         batches.append(np.asarray(outcome.samples, np.float64))
     pooled = frechet_distance(np.concatenate(batches), exact)
-    leave_one_out = [frechet_distance(np.concatenate(batches[:i] + batches[i + 1:]), exact)
-                     for i in range(len(batches))]
+    leave_one_out = [
+        frechet_distance(np.concatenate(batches[:i] + batches[i + 1 :]), exact)
+        for i in range(len(batches))
+    ]
     count = len(batches)
-    error = np.sqrt((count - 1) / count * np.sum((np.array(leave_one_out)
-                                                  - np.mean(leave_one_out)) ** 2))
+    error = np.sqrt(
+        (count - 1) / count * np.sum((np.array(leave_one_out) - np.mean(leave_one_out)) ** 2)
+    )
     return {"fd": pooled, "standard_error": float(error), "samples": count * len(batches[0])}
 
 
@@ -388,39 +526,49 @@ def measure_family(name: str, models, bench: Bench, config: dict) -> dict:
     levels = as_levels(name, models)
     shared = isinstance(levels, mlem_jax.LevelFamily)
     calibration = calibrate_levels(levels, bench)
-    print(f"  {name}: delta {np.round(calibration['delta'], 3).tolist()}, v/delta^2 "
-          f"{np.round(calibration['v_over_delta2'], 3).tolist()}, gamma "
-          f"{calibration['gamma']:.2f}", flush=True)
+    print(
+        f"  {name}: delta {np.round(calibration['delta'], 3).tolist()}, v/delta^2 "
+        f"{np.round(calibration['v_over_delta2'], 3).tolist()}, gamma "
+        f"{calibration['gamma']:.2f}",
+        flush=True,
+    )
     cache: dict = {}
     em = em_points(levels, bench, calibration, config, cache)
     mlem = mlem_points(levels, bench, calibration, config, cache, shared)
     stitch = tstitch_points(levels, bench, calibration, config, cache)
-    return {"calibration": calibration, "shared": shared, "em": em, "mlem": mlem,
-            "tstitch": stitch}
+    return {"calibration": calibration, "shared": shared, "em": em, "mlem": mlem, "tstitch": stitch}
 
 
 def analyse_family(result: dict, config: dict) -> dict:
     em, points = result["em"], result["mlem"]
     target, em_point = target_a(em, config["target_slack"])
-    methods = {f"mlem_{d}": [p for p in points if p["method"] == f"mlem_{d}"]
-               for d in config["draws"]}
+    methods = {
+        f"mlem_{d}": [p for p in points if p["method"] == f"mlem_{d}"] for d in config["draws"]
+    }
     methods["tstitch"] = result["tstitch"]
-    frontier = [em[i] for i in mlem_jax.pareto_frontier([p["error"] for p in em],
-                                                        [p["flops"] for p in em])]
+    frontier = [
+        em[i] for i in mlem_jax.pareto_frontier([p["error"] for p in em], [p["flops"] for p in em])
+    ]
     chosen = {name: cheapest(p, target) for name, p in methods.items()}
     return {
-        "target_error": target, "em_point": em_point, "operating": chosen,
-        "speedup_flops": {name: (None if p is None else em_point["flops"] / p["flops"])
-                          for name, p in chosen.items()},
+        "target_error": target,
+        "em_point": em_point,
+        "operating": chosen,
+        "speedup_flops": {
+            name: (None if p is None else em_point["flops"] / p["flops"])
+            for name, p in chosen.items()
+        },
         "by_target": speedups_at([p["error"] for p in frontier], em, methods),
-        "prediction": prediction(points, em, result["calibration"], target, result["shared"],
-                                 config["draws"]),
+        "prediction": prediction(
+            points, em, result["calibration"], target, result["shared"], config["draws"]
+        ),
     }
 
 
 def best_mlem(analysis: dict) -> dict | None:
-    options = [p for name, p in analysis["operating"].items()
-               if name.startswith("mlem_") and p is not None]
+    options = [
+        p for name, p in analysis["operating"].items() if name.startswith("mlem_") and p is not None
+    ]
     return min(options, key=lambda p: p["flops"]) if options else None
 
 
@@ -442,8 +590,12 @@ def depth_row(row: dict, config: dict) -> dict:
     point = best_mlem(analysis)
     measured = None if point is None else analysis["em_point"]["flops"] / point["flops"]
     predicted = max(analysis["prediction"][d]["speedup_flops"] for d in config["draws"])
-    return {"top_level": row["top_level"], "target_error": analysis["target_error"],
-            "speedup_flops": measured, "predicted_speedup_flops": predicted}
+    return {
+        "top_level": row["top_level"],
+        "target_error": analysis["target_error"],
+        "speedup_flops": measured,
+        "predicted_speedup_flops": predicted,
+    }
 
 
 def measure_family_levels(levels, bench: Bench, config: dict) -> dict:
@@ -451,25 +603,38 @@ def measure_family_levels(levels, bench: Bench, config: dict) -> dict:
     shared = isinstance(levels, mlem_jax.LevelFamily)
     calibration = calibrate_levels(levels, bench)
     cache: dict = {}
-    return {"calibration": calibration, "shared": shared,
-            "em": em_points(levels, bench, calibration, config, cache),
-            "mlem": mlem_points(levels, bench, calibration, config, cache, shared),
-            "tstitch": []}
+    return {
+        "calibration": calibration,
+        "shared": shared,
+        "em": em_points(levels, bench, calibration, config, cache),
+        "mlem": mlem_points(levels, bench, calibration, config, cache, shared),
+        "tstitch": [],
+    }
 
 
 # ------------------------------------------------------------------------------ summary
-FAMILY_NAMES = {"independent": "independent", "distilled": "distilled down the ladder",
-                "exits": "early exits, joint", "exits_v": "early exits, joint + v penalty",
-                "exits_x": "early exits, joint, input to every block",
-                "stacked": "early exits under the independent top"}
-METHOD_NAMES = {"mlem_random": "ML-EM, random draws",
-                "mlem_stratified": "ML-EM, stratified draws", "tstitch": "T-Stitch"}
+FAMILY_NAMES = {
+    "independent": "independent",
+    "distilled": "distilled down the ladder",
+    "exits": "early exits, joint",
+    "exits_v": "early exits, joint + v penalty",
+    "exits_x": "early exits, joint, input to every block",
+    "stacked": "early exits under the independent top",
+}
+METHOD_NAMES = {
+    "mlem_random": "ML-EM, random draws",
+    "mlem_stratified": "ML-EM, stratified draws",
+    "tstitch": "T-Stitch",
+}
 
 
 def family_speedup(analysis: dict) -> float | None:
     """The family's best ML-EM speedup in FLOPs at target (a) (None: not reached)."""
-    values = [v for name, v in analysis["speedup_flops"].items()
-              if name.startswith("mlem_") and v is not None]
+    values = [
+        v
+        for name, v in analysis["speedup_flops"].items()
+        if name.startswith("mlem_") and v is not None
+    ]
     return max(values) if values else None
 
 
@@ -483,48 +648,66 @@ def summarise(raw: dict) -> dict:
     for name, testbed in raw["testbeds"].items():
         families = {}
         for family, result in testbed["families"].items():
-            measured = {k: result["analysis"][k] for k in ("wallclock", "quality")
-                        if k in result["analysis"]}
+            measured = {
+                k: result["analysis"][k]
+                for k in ("wallclock", "quality")
+                if k in result["analysis"]
+            }
             result["analysis"] = analysis = {**analyse_family(result, config), **measured}
             calibration = result["calibration"]
             wall = analysis.get("wallclock")
             families[family] = {
-                "levels": len(calibration["flops"]), "gamma": calibration["gamma"],
-                "delta": calibration["delta"], "v": calibration["v"],
-                "flops": calibration["flops"], "v_over_delta2": calibration["v_over_delta2"],
+                "levels": len(calibration["flops"]),
+                "gamma": calibration["gamma"],
+                "delta": calibration["delta"],
+                "v": calibration["v"],
+                "flops": calibration["flops"],
+                "v_over_delta2": calibration["v_over_delta2"],
                 "target_error": analysis["target_error"],
-                "em": analysis["em_point"]["label"], "em_flops": analysis["em_point"]["flops"],
+                "em": analysis["em_point"]["label"],
+                "em_flops": analysis["em_point"]["flops"],
                 "speedup_flops": family_speedup(analysis),
                 "speedup_flops_by_method": analysis["speedup_flops"],
                 "speedup_wallclock": None if wall is None else wall["speedup"],
-                "predicted_speedup_flops": {d: analysis["prediction"][d]["speedup_flops"]
-                                            for d in DRAWS},
+                "predicted_speedup_flops": {
+                    d: analysis["prediction"][d]["speedup_flops"] for d in DRAWS
+                },
                 "kappa": {d: analysis["prediction"][d]["kappa"] for d in DRAWS},
             }
-        depth = [depth_row(row, dict(config, draws=config["depth_draws"]))
-                 for row in testbed["depth"]]
-        per_testbed[name] = {"dim": testbed["dim"], "components": testbed["components"],
-                             "best_family": testbed["best_family"], "families": families,
-                             "depth": depth}
+        depth = [
+            depth_row(row, dict(config, draws=config["depth_draws"])) for row in testbed["depth"]
+        ]
+        per_testbed[name] = {
+            "dim": testbed["dim"],
+            "components": testbed["components"],
+            "best_family": testbed["best_family"],
+            "families": families,
+            "depth": depth,
+        }
     main = per_testbed[main_testbed]
     best = raw["testbeds"][main_testbed]["families"][main["best_family"]]
     quality = best["analysis"].get("quality")
     return {
-        "testbed": main_testbed, "family": main["best_family"],
+        "testbed": main_testbed,
+        "family": main["best_family"],
         "gamma": best["calibration"]["gamma"],
         "target_error": best["analysis"]["target_error"],
         "speedup_flops": main["families"][main["best_family"]]["speedup_flops"],
         "speedup_wallclock": main["families"][main["best_family"]]["speedup_wallclock"],
         "quality": None if quality is None else {k: v["fd"] for k, v in quality.items()},
-        "quality_standard_error": None if quality is None else {
-            k: v["standard_error"] for k, v in quality.items()},
-        "families": {f: {k: v[k] for k in ("v_over_delta2", "speedup_flops",
-                                           "speedup_wallclock")}
-                     for f, v in main["families"].items()},
-        "depth": [{k: row[k] for k in ("top_level", "speedup_flops",
-                                        "predicted_speedup_flops")}
-                  for row in main["depth"]],
-        "testbeds": per_testbed, "seconds": raw["seconds"],
+        "quality_standard_error": None
+        if quality is None
+        else {k: v["standard_error"] for k, v in quality.items()},
+        "families": {
+            f: {k: v[k] for k in ("v_over_delta2", "speedup_flops", "speedup_wallclock")}
+            for f, v in main["families"].items()
+        },
+        "depth": [
+            {k: row[k] for k in ("top_level", "speedup_flops", "predicted_speedup_flops")}
+            for row in main["depth"]
+        ],
+        "testbeds": per_testbed,
+        "seconds": raw["seconds"],
     }
 
 
@@ -534,9 +717,11 @@ def _x(value: float | None) -> str:
 
 def table(summary: dict) -> str:
     """The README's tables."""
-    lines = ["| testbed | family | levels | MFLOP / sample | delta_l | gamma | v_l / delta_l^2 "
-             "| target (a) | EM there | ML-EM speedup (FLOPs) | predicted | wall-clock |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| testbed | family | levels | MFLOP / sample | delta_l | gamma | v_l / delta_l^2 "
+        "| target (a) | EM there | ML-EM speedup (FLOPs) | predicted | wall-clock |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, testbed in summary["testbeds"].items():
         for family, row in testbed["families"].items():
             flops = f"{row['flops'][0] / 1e6:.3f} - {row['flops'][-1] / 1e6:.3f}"
@@ -550,12 +735,17 @@ def table(summary: dict) -> str:
                 f"| {predicted:.2f}x | "
                 f"{'-' if row['speedup_wallclock'] is None else _x(row['speedup_wallclock'])} |"
             )
-    lines += ["", "| top level | target (a) | ML-EM speedup (FLOPs), measured | predicted |",
-              "|---|---|---|---|"]
+    lines += [
+        "",
+        "| top level | target (a) | ML-EM speedup (FLOPs), measured | predicted |",
+        "|---|---|---|---|",
+    ]
     main = summary["testbeds"][summary["testbed"]]
     for row in main["depth"]:
-        lines.append(f"| {row['top_level']} | {row['target_error']:.3f} | "
-                     f"{_x(row['speedup_flops'])} | {row['predicted_speedup_flops']:.2f}x |")
+        lines.append(
+            f"| {row['top_level']} | {row['target_error']:.3f} | "
+            f"{_x(row['speedup_flops'])} | {row['predicted_speedup_flops']:.2f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -563,15 +753,29 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny networks and grids")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--models", type=Path, default=None,
-                        help="where trained networks are kept between runs "
-                             "(default: <out>/ladders_models)")
-    parser.add_argument("--testbeds", nargs="+", choices=FULL["testbeds"], default=None,
-                        help="run only these testbeds (the first is the main one)")
-    parser.add_argument("--ship", action="store_true",
-                        help="save the best early-exit family into the package (demo)")
-    parser.add_argument("--summarise", action="store_true",
-                        help="rewrite the tables and figures from <out>/ladders_raw.json")
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=None,
+        help="where trained networks are kept between runs (default: <out>/ladders_models)",
+    )
+    parser.add_argument(
+        "--testbeds",
+        nargs="+",
+        choices=FULL["testbeds"],
+        default=None,
+        help="run only these testbeds (the first is the main one)",
+    )
+    parser.add_argument(
+        "--ship",
+        action="store_true",
+        help="save the best early-exit family into the package (demo)",
+    )
+    parser.add_argument(
+        "--summarise",
+        action="store_true",
+        help="rewrite the tables and figures from <out>/ladders_raw.json",
+    )
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
     if args.testbeds:
@@ -596,14 +800,17 @@ def main(argv: list[str] | None = None) -> dict:
             analysis = result["analysis"] = analyse_family(result, config)
             candidates = [p for p in result["mlem"] if p["error"] <= analysis["target_error"]]
             if candidates:
-                analysis["wallclock"] = wallclock(analysis["em_point"], candidates,
-                                                  as_levels(name, trained[name]), bench)
+                analysis["wallclock"] = wallclock(
+                    analysis["em_point"], candidates, as_levels(name, trained[name]), bench
+                )
             families[name] = result
-            print(f"  {name}: target (a) {analysis['target_error']:.3f} "
-                  f"({analysis['em_point']['label']}), speedup in FLOPs "
-                  + ", ".join(f"{k} {_x(v)}" for k, v in analysis["speedup_flops"].items())
-                  + f", wall-clock {_x(analysis.get('wallclock', {}).get('speedup'))}",
-                  flush=True)
+            print(
+                f"  {name}: target (a) {analysis['target_error']:.3f} "
+                f"({analysis['em_point']['label']}), speedup in FLOPs "
+                + ", ".join(f"{k} {_x(v)}" for k, v in analysis["speedup_flops"].items())
+                + f", wall-clock {_x(analysis.get('wallclock', {}).get('speedup'))}",
+                flush=True,
+            )
         best = max(families, key=lambda f: family_speedup(families[f]["analysis"]) or 0.0)
         analysis = families[best]["analysis"]
         mlem_point = best_mlem(analysis)
@@ -612,17 +819,27 @@ def main(argv: list[str] | None = None) -> dict:
             cache: dict = {}
             analysis["quality"] = {
                 "em": quality(analysis["em_point"], levels, mixture, config, cache, flops),
-                "mlem": quality(mlem_point, levels, mixture, config, cache, flops)}
+                "mlem": quality(mlem_point, levels, mixture, config, cache, flops),
+            }
             fastest = analysis["wallclock"]["point"]
             if fastest is not mlem_point:
-                analysis["quality"]["mlem_fastest"] = quality(fastest, levels, mixture,
-                                                              config, cache, flops)
-        testbeds[testbed] = {"families": families, "dim": mixture.dim,
-                             "components": int(mixture.means.shape[0]), "best_family": best,
-                             "depth": depth_study(best, trained[best], bench, config)}
-    result = {"config": {k: (v._asdict() if isinstance(v, TrainConfig) else v)
-                         for k, v in config.items()},
-              "testbeds": testbeds, "seconds": time.perf_counter() - started}
+                analysis["quality"]["mlem_fastest"] = quality(
+                    fastest, levels, mixture, config, cache, flops
+                )
+        testbeds[testbed] = {
+            "families": families,
+            "dim": mixture.dim,
+            "components": int(mixture.means.shape[0]),
+            "best_family": best,
+            "depth": depth_study(best, trained[best], bench, config),
+        }
+    result = {
+        "config": {
+            k: (v._asdict() if isinstance(v, TrainConfig) else v) for k, v in config.items()
+        },
+        "testbeds": testbeds,
+        "seconds": time.perf_counter() - started,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ladders_raw.json").write_text(json.dumps(result) + "\n")
     summary = write(result, args.out)
@@ -654,13 +871,22 @@ def ship(raw: dict, models_dir: Path) -> Path:
     model, manifest = load_model(models_dir / name / best / "level0")
     em, mlem = analysis["em_point"], best_mlem(analysis)
     extras = {k: manifest[k] for k in ("family", "train_seconds", "target", "config")}
-    save_model(TESTBED_FILES / LADDER, model, testbed=name, **extras,
-               calibration={k: result["calibration"][k] for k in ("flops", "v", "delta")},
-               operating={"target_error": analysis["target_error"],
-                          "em": {"level": em["level"], "steps": em["steps"]},
-                          "mlem": {"steps": mlem["steps"],
-                                   "probabilities": mlem["probabilities"],
-                                   "draws": mlem["method"].removeprefix("mlem_")}})
+    save_model(
+        TESTBED_FILES / LADDER,
+        model,
+        testbed=name,
+        **extras,
+        calibration={k: result["calibration"][k] for k in ("flops", "v", "delta")},
+        operating={
+            "target_error": analysis["target_error"],
+            "em": {"level": em["level"], "steps": em["steps"]},
+            "mlem": {
+                "steps": mlem["steps"],
+                "probabilities": mlem["probabilities"],
+                "draws": mlem["method"].removeprefix("mlem_"),
+            },
+        },
+    )
     return TESTBED_FILES / LADDER
 
 
@@ -673,24 +899,43 @@ def plot(raw: dict, summary: dict, path_frontier: Path, path_levels: Path) -> No
     import matplotlib.pyplot as plt
 
     testbeds = raw["testbeds"]
-    fig, axes = plt.subplots(len(testbeds), len(FAMILIES), squeeze=False,
-                             figsize=(3.6 * len(FAMILIES), 3.4 * len(testbeds)),
-                             sharey="row")
+    fig, axes = plt.subplots(
+        len(testbeds),
+        len(FAMILIES),
+        squeeze=False,
+        figsize=(3.6 * len(FAMILIES), 3.4 * len(testbeds)),
+        sharey="row",
+    )
     for row, (name, testbed) in zip(axes, testbeds.items()):
         for ax, (family, result) in zip(row, testbed["families"].items()):
             analysis = result["analysis"]
-            for method, style in (("em", "k-o"), ("mlem_random", "C0-o"),
-                                  ("mlem_stratified", "C1-o"), ("tstitch", "C2-o")):
-                points = result["em"] if method == "em" else (
-                    result["tstitch"] if method == "tstitch"
-                    else [p for p in result["mlem"] if p["method"] == method])
+            for method, style in (
+                ("em", "k-o"),
+                ("mlem_random", "C0-o"),
+                ("mlem_stratified", "C1-o"),
+                ("tstitch", "C2-o"),
+            ):
+                points = (
+                    result["em"]
+                    if method == "em"
+                    else (
+                        result["tstitch"]
+                        if method == "tstitch"
+                        else [p for p in result["mlem"] if p["method"] == method]
+                    )
+                )
                 if not points:
                     continue
-                front = mlem_jax.pareto_frontier([p["error"] for p in points],
-                                                 [p["flops"] for p in points])
-                ax.loglog([points[i]["flops"] / 1e6 for i in front],
-                          [points[i]["error"] for i in front], style, ms=3,
-                          label="EM, best level" if method == "em" else METHOD_NAMES[method])
+                front = mlem_jax.pareto_frontier(
+                    [p["error"] for p in points], [p["flops"] for p in points]
+                )
+                ax.loglog(
+                    [points[i]["flops"] / 1e6 for i in front],
+                    [points[i]["error"] for i in front],
+                    style,
+                    ms=3,
+                    label="EM, best level" if method == "em" else METHOD_NAMES[method],
+                )
             ax.axhline(analysis["target_error"], color="gray", ls=":", lw=1)
             ax.set_title(f"{name}: {FAMILY_NAMES[family]}", fontsize=9)
             ax.set_xlabel("MFLOP / sample")
@@ -704,8 +949,13 @@ def plot(raw: dict, summary: dict, path_frontier: Path, path_levels: Path) -> No
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for (name, testbed), marker in zip(summary["testbeds"].items(), ("o", "s")):
         for family, row in testbed["families"].items():
-            axes[0].loglog(np.asarray(row["flops"]) / 1e6, row["delta"], f"-{marker}",
-                           label=f"{name}: {FAMILY_NAMES[family]}", ms=4)
+            axes[0].loglog(
+                np.asarray(row["flops"]) / 1e6,
+                row["delta"],
+                f"-{marker}",
+                label=f"{name}: {FAMILY_NAMES[family]}",
+                ms=4,
+            )
     axes[0].set_xlabel("MFLOP / sample (a pass to the level)")
     axes[0].set_ylabel("delta_l: RMS drift error vs the exact drift")
     axes[0].legend(fontsize=6)
@@ -713,11 +963,16 @@ def plot(raw: dict, summary: dict, path_frontier: Path, path_levels: Path) -> No
     depth = summary["testbeds"][summary["testbed"]]["depth"]
     tops = [r["top_level"] for r in depth]
     axes[1].plot(tops, [r["speedup_flops"] or 0 for r in depth], "-o", label="measured")
-    axes[1].plot(tops, [r["predicted_speedup_flops"] for r in depth], "--s",
-                 label="predicted (predict_speedup)")
+    axes[1].plot(
+        tops,
+        [r["predicted_speedup_flops"] for r in depth],
+        "--s",
+        label="predicted (predict_speedup)",
+    )
     axes[1].axhline(1, color="gray", lw=1)
-    axes[1].set_xlabel(f"top level of the ladder ({summary['testbed']}, "
-                       f"{FAMILY_NAMES[summary['family']]})")
+    axes[1].set_xlabel(
+        f"top level of the ladder ({summary['testbed']}, {FAMILY_NAMES[summary['family']]})"
+    )
     axes[1].set_ylabel("ML-EM speedup in FLOPs at target (a)")
     axes[1].legend(fontsize=8)
     axes[1].grid(True, alpha=0.3)

@@ -7,11 +7,18 @@ from ._diffrax import MLEM, MLEMSolverState, MultilevelTerm, evaluations
 from ._family import FamilyLevel, LevelFamily, StackedFamily, marginal_costs
 from ._frontier import cost_to_reach, frontier_slope, pareto_frontier
 from ._levels import (
-    draw_levels, family_drift, levels_to_evaluate, multilevel_drift, needed_levels,
+    draw_levels,
+    family_drift,
+    levels_to_evaluate,
+    multilevel_drift,
+    needed_levels,
 )
 from ._precision import InPrecision, in_precision
 from ._prediction import (
-    EMErrorModel, SpeedupPrediction, fit_em_error_model, predict_speedup,
+    EMErrorModel,
+    SpeedupPrediction,
+    fit_em_error_model,
+    predict_speedup,
     randomisation_variance,
 )
 from ._probabilities import correction_costs, optimal_probabilities

@@ -81,9 +81,7 @@ def path_increments(
     return increments
 
 
-def brownian_increments(
-    brownian: Any, y0: PyTree, t0: Any, t1: Any
-) -> BrownianIncrements:
+def brownian_increments(brownian: Any, y0: PyTree, t0: Any, t1: Any) -> BrownianIncrements:
     """Dispatch on `brownian`: a PRNG key or a diffrax `AbstractBrownianPath`."""
     if isinstance(brownian, diffrax.AbstractBrownianPath):
         return path_increments(brownian, y0, t0, t1)

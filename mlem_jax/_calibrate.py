@@ -97,16 +97,17 @@ def pointwise_squares(
 @eqx.filter_jit
 def _measure(levels, top, ts, ys, args, batch_size):
     """`pointwise_squares`, compiled once per structure and shapes (not once per call)."""
+
     def one_point(point):
         t, y = point
-        values = (list(levels.evaluate(t, y, args, len(levels)))
-                  if isinstance(levels, LevelFamily)
-                  else [level(t, y, args) for level in levels])
+        values = (
+            list(levels.evaluate(t, y, args, len(levels)))
+            if isinstance(levels, LevelFamily)
+            else [level(t, y, args) for level in levels]
+        )
         exact = top(t, y, args)
         sub = lambda a, b: jtu.tree_map(jnp.subtract, a, b)  # noqa: E731
-        differences = [
-            _squared_norm(sub(upper, lower)) for lower, upper in zip(values, values[1:])
-        ]
+        differences = [_squared_norm(sub(upper, lower)) for lower, upper in zip(values, values[1:])]
         errors = [_squared_norm(sub(value, exact)) for value in values]
         return jnp.stack(differences + errors)
 

@@ -93,12 +93,9 @@ class MultilevelTerm(diffrax.AbstractTerm):
             self.probabilities = probabilities
             self.needed = tuple(range(len(self.levels)))
         else:
-            self.probabilities = check_probabilities(
-                probabilities, len(self.levels), coupling
-            )
+            self.probabilities = check_probabilities(probabilities, len(self.levels), coupling)
             self.needed = (
-                (0,) if self.probabilities is None
-                else needed_levels(self.probabilities, coupling)
+                (0,) if self.probabilities is None else needed_levels(self.probabilities, coupling)
             )
 
     def vf(self, t: Any, y: PyTree, args: Any) -> PyTree:
@@ -165,8 +162,7 @@ def _unwrap(term: Any) -> tuple[Any, Any]:
 def _parse_terms(terms: Any) -> _Parsed:
     parts = _flatten(terms)
     found = [
-        index for index, part in enumerate(parts)
-        if isinstance(_unwrap(part)[0], MultilevelTerm)
+        index for index, part in enumerate(parts) if isinstance(_unwrap(part)[0], MultilevelTerm)
     ]
     if len(found) != 1:
         got = ", ".join(type(_unwrap(part)[0]).__name__ for part in parts)
@@ -347,31 +343,34 @@ class MLEM(diffrax.AbstractItoSolver):
         if others:
 
             def other_terms(t, y, args, dw):
-                return _sum_terms(
-                    *(other.vf_prod(t, y, args, w) for other, w in zip(others, dw))
-                )
+                return _sum_terms(*(other.vf_prod(t, y, args, w) for other, w in zip(others, dw)))
 
             noise, dw = other_terms, tuple(other.contr(t0, t1) for other in others)
         p = checked_schedule_row(
-            term.probabilities, solver_state.num_steps, t0 * parsed.direction,
-            len(levels), term.coupling,
+            term.probabilities,
+            solver_state.num_steps,
+            t0 * parsed.direction,
+            len(levels),
+            term.coupling,
         )
-        step = build_step(levels, p, noise=noise, coupling=term.coupling, draws=term.draws,
-                          needed=term.needed)
+        step = build_step(
+            levels, p, noise=noise, coupling=term.coupling, draws=term.draws, needed=term.needed
+        )
         dt = parsed.drift.contr(t0, t1)  # the signed time step: negative in reverse time
         start = MLEMState(y0, solver_state.evaluations, solver_state.num_steps)
         state, info = step(self.key, start, t0, dt, dw, args)
         y1 = state.y
         if self.throw:
-            y1 = error_if_failed(y1, failed_steps(y1, start.step),
-                                 lambda n, group: (t0 * parsed.direction, info.evaluated))
+            y1 = error_if_failed(
+                y1,
+                failed_steps(y1, start.step),
+                lambda n, group: (t0 * parsed.direction, info.evaluated),
+            )
         dense_info = dict(y0=y0, y1=y1)
         new_state = MLEMSolverState(state.step, state.evaluations)
         return y1, None, dense_info, new_state, diffrax.RESULTS.successful
 
-    def func(
-        self, terms: PyTree[diffrax.AbstractTerm], t0: Any, y0: PyTree, args: Any
-    ) -> Any:
+    def func(self, terms: PyTree[diffrax.AbstractTerm], t0: Any, y0: PyTree, args: Any) -> Any:
         """The vector fields at a point, the drift being the top level f^K."""
         return terms.vf(t0, y0, args)
 

@@ -8,7 +8,6 @@ import numpy as np
 from jaxtyping import PyTree
 
 
-
 class LevelFamily(eqx.Module):
     """Levels f^1..f^K, cheapest first, that one computation yields together.
 
@@ -56,9 +55,7 @@ class LevelFamily(eqx.Module):
     def truncated(self, num_levels: int) -> "LevelFamily":
         """The family of the first `num_levels` levels (a ladder with a lower top)."""
         if not 1 <= num_levels <= len(self):
-            raise ValueError(
-                f"`num_levels` must be in 1..{len(self)}, got {num_levels}."
-            )
+            raise ValueError(f"`num_levels` must be in 1..{len(self)}, got {num_levels}.")
         return _Truncated(self, num_levels)
 
 
@@ -123,8 +120,7 @@ class StackedFamily(LevelFamily):
 
     def evaluate(self, t: Any, y: PyTree, args: Any, depth: int) -> tuple[PyTree, ...]:
         shared = self.family.evaluate(t, y, args, min(depth, len(self.family)))
-        return shared + tuple(level(t, y, args)
-                              for level in self.above[: depth - len(self.family)])
+        return shared + tuple(level(t, y, args) for level in self.above[: depth - len(self.family)])
 
     def __getattr__(self, name: str) -> Any:
         # Attributes of the shared family (e.g. a diffusion family's `sde` and `kind`).

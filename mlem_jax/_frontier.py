@@ -41,9 +41,7 @@ def cost_to_reach(errors: Any, costs: Any, target: float) -> float:
     return float(c[reached].min()) if reached.any() else float("inf")
 
 
-def frontier_slope(
-    errors: Any, costs: Any, *, error_range: tuple[float, float]
-) -> float:
+def frontier_slope(errors: Any, costs: Any, *, error_range: tuple[float, float]) -> float:
     """Least-squares slope of log cost against log(1 / error) along the frontier.
 
     Only frontier points with error in `error_range = (low, high)` enter the fit; at

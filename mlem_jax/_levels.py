@@ -51,8 +51,9 @@ def draw_levels(
     """
     shape = () if coupling == "nested" else probabilities.shape
     if draws == "random":
-        uniform = jax.random.uniform(jax.random.fold_in(key, step), shape,
-                                     dtype=probabilities.dtype)
+        uniform = jax.random.uniform(
+            jax.random.fold_in(key, step), shape, dtype=probabilities.dtype
+        )
     else:
         shift = jax.random.uniform(key, shape, dtype=probabilities.dtype)
         uniform = (shift + van_der_corput(step).astype(probabilities.dtype)) % 1
@@ -174,7 +175,8 @@ def _independent_drift(levels, probabilities, drawn, t, y, args, first):
         correction = _scaled_difference(values[index], values[index - 1], probabilities[index])
         drift = jtu.tree_map(
             lambda total, c, b=drawn[index]: total + jnp.where(b, c, 0).astype(total.dtype),
-            drift, correction,
+            drift,
+            correction,
         )
     return drift, evaluated
 
@@ -211,8 +213,9 @@ def family_drift(
             used = [level for level in needed if level < depth]
             total = outputs[used[0]]
             for lower, upper in zip(used, used[1:]):
-                correction = _scaled_difference(outputs[upper], outputs[lower],
-                                                probabilities[upper])
+                correction = _scaled_difference(
+                    outputs[upper], outputs[lower], probabilities[upper]
+                )
                 total = jtu.tree_map(jnp.add, total, correction)
             return total
     else:
@@ -223,15 +226,17 @@ def family_drift(
             outputs = [_widened(o) for o in family.evaluate(t, y, args, depth)]
             total = outputs[0]
             for level in range(1, depth):
-                correction = _scaled_difference(outputs[level], outputs[level - 1],
-                                                probabilities[level])
+                correction = _scaled_difference(
+                    outputs[level], outputs[level - 1], probabilities[level]
+                )
                 total = jtu.tree_map(
                     lambda s, c, b=drawn[level]: s + jnp.where(b, c, 0).astype(s.dtype),
-                    total, correction,
+                    total,
+                    correction,
                 )
             return total
 
-    branches = [lambda depth=depth: (estimate(depth), jnp.arange(num_levels) < depth)
-                for depth in depths]
+    branches = [
+        lambda depth=depth: (estimate(depth), jnp.arange(num_levels) < depth) for depth in depths
+    ]
     return lax.switch(choice, branches)
-

@@ -80,4 +80,3 @@ def in_precision(level: Callable, dtype: Any = jnp.bfloat16) -> InPrecision:
         raise ValueError(f"`dtype` must be a floating dtype such as bfloat16, got {dtype!r}.")
     dtype = jnp.dtype(dtype)
     return InPrecision(cast_floating(level, dtype), dtype)
-

@@ -33,8 +33,9 @@ class EMErrorModel(NamedTuple):
         return (self.scale**2 / room) ** (0.5 / self.order) if room > 0 else np.inf
 
 
-def fit_em_error_model(levels: Any, steps: Any, errors: Any,
-                       orders: Any = np.linspace(0.3, 2.0, 171)) -> EMErrorModel:
+def fit_em_error_model(
+    levels: Any, steps: Any, errors: Any, orders: Any = np.linspace(0.3, 2.0, 171)
+) -> EMErrorModel:
     """Fit an `EMErrorModel` to measured EM errors.
 
     error^2 = floor_l^2 + scale^2 N^(-2 order) is linear in (floor_l^2, scale^2) for a
@@ -78,8 +79,7 @@ def fit_em_error_model(levels: Any, steps: Any, errors: Any,
     return EMErrorModel(floors, float(np.sqrt(solution[-1])), float(order))
 
 
-def _nonnegative_least_squares(a: np.ndarray, b: np.ndarray, sweeps: int = 500
-                               ) -> np.ndarray:
+def _nonnegative_least_squares(a: np.ndarray, b: np.ndarray, sweeps: int = 500) -> np.ndarray:
     """argmin ||a x - b|| over x >= 0, by projected coordinate descent."""
     x = np.maximum(np.linalg.lstsq(a, b, rcond=None)[0], 0.0)
     norms = np.sum(a * a, axis=0)
@@ -175,10 +175,10 @@ def predict_speedup(
     for n in np.asarray(steps, int):
         grid = np.geomspace(0.25, n, 40) if evaluations is None else evaluations
         for m in np.asarray(grid, np.float64)[np.asarray(grid) <= n]:
-            p = optimal_probabilities(c, v, top_level_evaluations=m, num_steps=int(n),
-                                      draws=draws, shared=shared)
-            error2 = (em.error(len(c) - 1, n) ** 2
-                      + kappa * randomisation_variance(v, p, int(n)))
+            p = optimal_probabilities(
+                c, v, top_level_evaluations=m, num_steps=int(n), draws=draws, shared=shared
+            )
+            error2 = em.error(len(c) - 1, n) ** 2 + kappa * randomisation_variance(v, p, int(n))
             # A pass of a family pays every marginal cost up to its depth; separate
             # levels that cancel (`needed_levels`) are never evaluated.
             paid = p.copy()
@@ -189,6 +189,6 @@ def predict_speedup(
                 best = (cost, int(n), p)
     mlem_cost, mlem_steps, p = best
     speedup = em_cost / mlem_cost if np.isfinite(mlem_cost) else 0.0
-    return SpeedupPrediction(float(speedup), float(em_cost), int(em_level), em_steps,
-                             float(mlem_cost), mlem_steps, p)
-
+    return SpeedupPrediction(
+        float(speedup), float(em_cost), int(em_level), em_steps, float(mlem_cost), mlem_steps, p
+    )

@@ -24,8 +24,7 @@ def _as_positive_vector(name: str, value: Any, length: int | None) -> np.ndarray
     return array
 
 
-def correction_costs(costs: Any, coupling: str = "nested", *, shared: bool = False
-                     ) -> np.ndarray:
+def correction_costs(costs: Any, coupling: str = "nested", *, shared: bool = False) -> np.ndarray:
     """Expected extra cost of drawing correction l = 2..K, shape (K - 1,).
 
     Nested: c_l (f^(l-1) is already evaluated). Independent: c_l + c_(l-1). Shared
@@ -150,8 +149,7 @@ def _scale_for_top_level(shape: np.ndarray, evaluations: Any, num_steps: Any) ->
     probabilities are constant."""
     if not isinstance(num_steps, (int, np.integer)) or num_steps <= 0:
         raise ValueError(
-            "`num_steps` must be a positive int with `top_level_evaluations`, got "
-            f"{num_steps!r}."
+            f"`num_steps` must be a positive int with `top_level_evaluations`, got {num_steps!r}."
         )
     if not evaluations > 0:
         raise ValueError(f"`top_level_evaluations` must be > 0, got {evaluations}.")
@@ -162,18 +160,16 @@ def _scale_for_top_level(shape: np.ndarray, evaluations: Any, num_steps: Any) ->
             f"({shape.shape[0]}) for a schedule."
         )
     if not (top > 0).any():
-        raise ValueError(
-            "`top_level_evaluations` needs v_K > 0 to fix the scale, got v_K = 0."
-        )
+        raise ValueError("`top_level_evaluations` needs v_K > 0 to fix the scale, got v_K = 0.")
     if shape.ndim == 1:
         return (evaluations / num_steps) / top
     target = min(float(evaluations), float((top > 0).sum()))
-    return _bisect(lambda scale: np.minimum(1.0, scale * top).sum() < target,
-                   1.0 / top[top > 0].min())
+    return _bisect(
+        lambda scale: np.minimum(1.0, scale * top).sum() < target, 1.0 / top[top > 0].min()
+    )
 
 
-def _scale_for_budget(shape: np.ndarray, v: np.ndarray, budget: float | None, power: int
-                      ) -> float:
+def _scale_for_budget(shape: np.ndarray, v: np.ndarray, budget: float | None, power: int) -> float:
     """lambda with sum v / min(1, lambda shape)^power = budget over every entry, by
     bisection."""
     if budget is None or not budget > 0:

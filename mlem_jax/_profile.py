@@ -29,8 +29,7 @@ class VarianceProfile(NamedTuple):
         bin with points.
         """
         ts = np.asarray(ts, dtype=np.float64).reshape(-1)
-        index = np.clip(np.searchsorted(self.edges, ts, side="right") - 1, 0,
-                        len(self.counts) - 1)
+        index = np.clip(np.searchsorted(self.edges, ts, side="right") - 1, 0, len(self.counts) - 1)
         filled = np.flatnonzero(self.counts > 0)
         centres = (self.edges[:-1] + self.edges[1:]) / 2
         nearest = filled[np.abs(centres[filled][None, :] - centres[:, None]).argmin(axis=1)]
@@ -63,8 +62,9 @@ def variance_profile(
     """
     levels = check_levels(levels)
     if len(levels) < 2:
-        raise ValueError("`levels` must hold at least two levels to have differences, "
-                         f"got {len(levels)}.")
+        raise ValueError(
+            f"`levels` must hold at least two levels to have differences, got {len(levels)}."
+        )
     squares = pointwise_squares(levels, levels[-1], ts, ys, args, batch_size)
     times = np.asarray(ts, dtype=np.float64)
     edges = _edges(bins, times)

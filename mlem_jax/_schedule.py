@@ -62,8 +62,9 @@ def probabilities_at(table: Array | None, n: Any) -> Array | None:
     return table[n]
 
 
-def checked_schedule_row(schedule: Any, n: Any, t: Any, num_levels: int, coupling: str
-                         ) -> Array | None:
+def checked_schedule_row(
+    schedule: Any, n: Any, t: Any, num_levels: int, coupling: str
+) -> Array | None:
     """The probabilities of step n at time t, for a solver that cannot see the grid in
     advance (the diffrax solver): a table's row n, or the callable at t, each checked
     at run time (`eqx.error_if`) since the step index and time are traced."""
@@ -71,15 +72,20 @@ def checked_schedule_row(schedule: Any, n: Any, t: Any, num_levels: int, couplin
         return schedule
     if callable(schedule):
         p = _callable_rows(schedule, jnp.reshape(t, (1,)), num_levels)[0]
-        p = eqx.error_if(p, ~_valid_row(p, coupling),
-                         "`probabilities(t)` returned a row that is not valid: each p_l "
-                         "must lie in (0, 1] with p_1 == 1"
-                         + (", non-increasing in l (nested coupling)." if coupling == "nested"
-                            else "."))
+        p = eqx.error_if(
+            p,
+            ~_valid_row(p, coupling),
+            "`probabilities(t)` returned a row that is not valid: each p_l "
+            "must lie in (0, 1] with p_1 == 1"
+            + (", non-increasing in l (nested coupling)." if coupling == "nested" else "."),
+        )
         return p
-    p = eqx.error_if(schedule, n >= schedule.shape[0],
-                     f"`probabilities` has {schedule.shape[0]} rows (one per step) but the "
-                     "solve takes more steps than that.")
+    p = eqx.error_if(
+        schedule,
+        n >= schedule.shape[0],
+        f"`probabilities` has {schedule.shape[0]} rows (one per step) but the "
+        "solve takes more steps than that.",
+    )
     return p[jnp.minimum(n, schedule.shape[0] - 1)]
 
 

@@ -19,8 +19,9 @@ from ._validation import check_num_steps, check_state, check_times
 
 
 def _sum_squares(tree: PyTree) -> Any:
-    return sum(jnp.sum(jnp.square(leaf), axis=tuple(range(1, leaf.ndim)))
-               for leaf in jtu.tree_leaves(tree))
+    return sum(
+        jnp.sum(jnp.square(leaf), axis=tuple(range(1, leaf.ndim))) for leaf in jtu.tree_leaves(tree)
+    )
 
 
 @eqx.filter_jit
@@ -46,8 +47,9 @@ def _gains(drift, diffusion, brownian, y0, t0, t1, num_steps, args, key):
     y1, pullback = jax.vjp(final, errors)
     leaves, treedef = jtu.tree_flatten(y1)
     keys = jax.random.split(key, len(leaves))
-    probe = treedef.unflatten([jax.random.normal(k, x.shape, x.dtype)
-                               for k, x in zip(keys, leaves)])
+    probe = treedef.unflatten(
+        [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+    )
     (cotangents,) = pullback(probe)
     return _sum_squares(cotangents) / _sum_squares(jtu.tree_map(lambda x: x[None], probe))
 
@@ -88,10 +90,18 @@ def error_sensitivity(
     check_state(y0)
     if (diffusion is None) != (brownian is None):
         raise ValueError(
-            "`diffusion` and `brownian` go together: pass both for an SDE or neither for "
-            "an ODE."
+            "`diffusion` and `brownian` go together: pass both for an SDE or neither for an ODE."
         )
     key = jax.random.key(0) if key is None else key
-    gains = _gains(drift, diffusion, brownian, y0, jnp.asarray(t0, float),
-                   jnp.asarray(t1, float), num_steps, args, key)
+    gains = _gains(
+        drift,
+        diffusion,
+        brownian,
+        y0,
+        jnp.asarray(t0, float),
+        jnp.asarray(t1, float),
+        num_steps,
+        args,
+        key,
+    )
     return np.asarray(step_times(t0, t1, num_steps)), np.asarray(gains, dtype=np.float64)

@@ -42,8 +42,9 @@ def batch_mesh(devices: Sequence[Any] | None = None, axis_name: str = BATCH) -> 
     return Mesh(np.asarray(devices), (axis_name,))
 
 
-def batch_sharding(mesh: Mesh | None = None, *, axis: int = 0, axis_name: str = BATCH
-                   ) -> NamedSharding:
+def batch_sharding(
+    mesh: Mesh | None = None, *, axis: int = 0, axis_name: str = BATCH
+) -> NamedSharding:
     """The `NamedSharding` that splits array axis `axis` over the mesh axis `axis_name`
     and replicates the other axes.
 
@@ -70,9 +71,7 @@ def batch_sharding(mesh: Mesh | None = None, *, axis: int = 0, axis_name: str = 
 def _place(x: Any, sharding: NamedSharding, axis: int, axis_name: str) -> jax.Array:
     shape, count = np.shape(x), sharding.mesh.shape[axis_name]
     if len(shape) <= axis:
-        raise ValueError(
-            f"`x` must have a batch axis {axis}, got an array of shape {shape}."
-        )
+        raise ValueError(f"`x` must have a batch axis {axis}, got an array of shape {shape}.")
     if shape[axis] % count:
         raise ValueError(
             f"`x`'s batch axis {axis} must be divisible by the {count} devices of mesh "
@@ -85,8 +84,9 @@ def _place(x: Any, sharding: NamedSharding, axis: int, axis_name: str) -> jax.Ar
     return jax.make_array_from_callback(shape, sharding, lambda index: host[index])
 
 
-def shard_batch(x: PyTree, mesh: Mesh | None = None, *, axis: int = 0,
-                axis_name: str = BATCH) -> PyTree:
+def shard_batch(
+    x: PyTree, mesh: Mesh | None = None, *, axis: int = 0, axis_name: str = BATCH
+) -> PyTree:
     """Place every array leaf of `x` on `mesh`, split along `axis`, replicated otherwise.
 
     Pass the result to `solve` or `mlem_jax.diffusion.sample`: the solution comes back

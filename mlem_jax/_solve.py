@@ -65,9 +65,10 @@ def _save_indices(saveat: Any, t0: Any, t1: Any, num_steps: int) -> tuple[int, .
         raise ValueError("`saveat` times need concrete `t0` and `t1`, got traced values.")
     positions = (times - float(a)) / (float(b) - float(a)) * num_steps
     indices = np.rint(positions)
-    if not np.allclose(positions, indices, atol=1e-4) or (
-        (indices < 0) | (indices > num_steps)
-    ).any():
+    if (
+        not np.allclose(positions, indices, atol=1e-4)
+        or ((indices < 0) | (indices > num_steps)).any()
+    ):
         raise ValueError(
             "`saveat` times must lie on the step grid t0 + n (t1 - t0) / num_steps, "
             f"n = 0..{num_steps}; got {times.tolist()}."
@@ -82,8 +83,22 @@ def grid_time(n: Any, t0: Any, t1: Any, num_steps: int) -> Any:
 
 @eqx.filter_jit
 def _scan(
-    levels, probabilities, diffusion, brownian, coupling, draws, y0, t0, t1, num_steps, key,
-    args, save, needed, groups, throw,
+    levels,
+    probabilities,
+    diffusion,
+    brownian,
+    coupling,
+    draws,
+    y0,
+    t0,
+    t1,
+    num_steps,
+    key,
+    args,
+    save,
+    needed,
+    groups,
+    throw,
 ):
     # Shape checks and closures live inside the jit: they run once per trace, and
     # repeated eager calls hit the cache.
@@ -108,8 +123,13 @@ def _scan(
         dt = grid_time(n + 1, t0, t1, num_steps) - t
         dw = None if increments is None else increments(n, t, dt)
         step = build_step(
-            levels, probabilities_at(probabilities, n), noise=noise, coupling=coupling,
-            draws=draws, needed=needed, groups=groups,
+            levels,
+            probabilities_at(probabilities, n),
+            noise=noise,
+            coupling=coupling,
+            draws=draws,
+            needed=needed,
+            groups=groups,
         )
         state, _ = step(key, state, t, dt, dw, args)
         if save is not None:
@@ -137,11 +157,25 @@ def _scan(
         out = ys, grid_time(jnp.asarray(save), t0, t1, num_steps), final.evaluations
     if not throw:
         return out
-    return error_if_failed(out, failed, lambda n, group: (
-        grid_time(n, t0, t1, num_steps),
-        evaluated_at(key, probabilities_at(probabilities, n), n, group, len(levels),
-                     needed or [0], coupling, draws, groups, isinstance(levels, LevelFamily)),
-    ))
+    return error_if_failed(
+        out,
+        failed,
+        lambda n, group: (
+            grid_time(n, t0, t1, num_steps),
+            evaluated_at(
+                key,
+                probabilities_at(probabilities, n),
+                n,
+                group,
+                len(levels),
+                needed or [0],
+                coupling,
+                draws,
+                groups,
+                isinstance(levels, LevelFamily),
+            ),
+        ),
+    )
 
 
 def _store(saved: PyTree, slots: Int[Array, " N+1"], n: Any, y: PyTree) -> PyTree:
@@ -241,13 +275,10 @@ def solve(
     throw = check_throw(throw)
     num_steps = check_num_steps(num_steps)
     check_times(t0, t1)
-    probabilities = probability_table(
-        probabilities, len(levels), coupling, t0, t1, num_steps
-    )
+    probabilities = probability_table(probabilities, len(levels), coupling, t0, t1, num_steps)
     if len(levels) > 1 and key is None:
         raise ValueError(
-            f"`key` (PRNG key of the level draws) is required with {len(levels)} levels, "
-            "got None."
+            f"`key` (PRNG key of the level draws) is required with {len(levels)} levels, got None."
         )
     if (diffusion is None) != (brownian is None):
         raise ValueError(
@@ -264,10 +295,22 @@ def solve(
     save = _save_indices(saveat, t0, t1, num_steps)
     time_dtype = jnp.result_type(float)
     ys, ts, evaluations = _scan(
-        levels, probabilities, diffusion, brownian, coupling, draws, y0,
-        jnp.asarray(t0, time_dtype), jnp.asarray(t1, time_dtype), num_steps, key, args,
-        save, None if probabilities is None else needed_levels(probabilities, coupling),
-        groups, throw,
+        levels,
+        probabilities,
+        diffusion,
+        brownian,
+        coupling,
+        draws,
+        y0,
+        jnp.asarray(t0, time_dtype),
+        jnp.asarray(t1, time_dtype),
+        num_steps,
+        key,
+        args,
+        save,
+        None if probabilities is None else needed_levels(probabilities, coupling),
+        groups,
+        throw,
     )
     if groups > 1:
         evaluations = evaluations / groups

@@ -12,7 +12,11 @@ from jaxtyping import Array, Bool, Int, PRNGKeyArray, PyTree
 from ._family import LevelFamily
 from ._groups import check_group_sizes, check_groups, group_keys, grouped
 from ._levels import (
-    draw_levels, family_drift, levels_to_evaluate, multilevel_drift, needed_levels,
+    draw_levels,
+    family_drift,
+    levels_to_evaluate,
+    multilevel_drift,
+    needed_levels,
 )
 from ._validation import (
     check_coupling,
@@ -61,12 +65,14 @@ class Step(Protocol):
 
 def init(y0: PyTree, num_levels: int) -> MLEMState:
     """The initial state: `y0`, no evaluations and no steps yet."""
-    return MLEMState(y=y0, evaluations=jnp.zeros(num_levels, jnp.int32),
-                     step=jnp.zeros((), jnp.int32))
+    return MLEMState(
+        y=y0, evaluations=jnp.zeros(num_levels, jnp.int32), step=jnp.zeros((), jnp.int32)
+    )
 
 
-def check_needed(needed: Sequence[int] | None, probabilities: Any, num_levels: int,
-                 coupling: str) -> list[int]:
+def check_needed(
+    needed: Sequence[int] | None, probabilities: Any, num_levels: int, coupling: str
+) -> list[int]:
     """`needed` as a sorted list of level indices, checked to include every level the
     estimate needs (`needed_levels`, or just the top one for traced `probabilities`);
     `needed_levels(probabilities)` when None."""
@@ -85,9 +91,18 @@ def check_needed(needed: Sequence[int] | None, probabilities: Any, num_levels: i
     return chosen
 
 
-def evaluated_at(key: PRNGKeyArray, probabilities: Any, step: Any, group: Any,
-                 num_levels: int, needed: Sequence[int], coupling: str, draws: str,
-                 groups: int, shared: bool = False) -> Bool[Array, " K"]:
+def evaluated_at(
+    key: PRNGKeyArray,
+    probabilities: Any,
+    step: Any,
+    group: Any,
+    num_levels: int,
+    needed: Sequence[int],
+    coupling: str,
+    draws: str,
+    groups: int,
+    shared: bool = False,
+) -> Bool[Array, " K"]:
     """The levels that step `step` evaluates (for `group` of `groups`, whose key is
     `jax.random.split(key, groups)[group]`), from its draws alone: what `build_step`'s
     step reports in `MLEMInfo.evaluated`, without evaluating any level. `shared`: the
@@ -169,7 +184,8 @@ def build_step(
     if skipped and p is not None and concrete_or_none(p) is None:
         # Traced p: check at run time that the skipped levels cancel (p_l == p_(l+1)).
         p = eqx.error_if(
-            p, jnp.any(p[..., np.array(skipped)] != p[..., np.array(skipped) + 1]),
+            p,
+            jnp.any(p[..., np.array(skipped)] != p[..., np.array(skipped) + 1]),
             f"`needed` skips levels {skipped}, which cancel only where p_l == p_(l+1); "
             "compute it with `needed_levels` from these probabilities.",
         )
@@ -177,8 +193,7 @@ def build_step(
     def estimate(key, n, t, y, args):
         drawn = draw_levels(key, p, coupling, step=n, draws=draws)
         if isinstance(levels, LevelFamily):
-            drift, evaluated = family_drift(levels, tuple(needed), p, drawn, t, y, args,
-                                            coupling)
+            drift, evaluated = family_drift(levels, tuple(needed), p, drawn, t, y, args, coupling)
             return drift, drawn, evaluated
         drift, evaluated_used = multilevel_drift(
             used, p[..., index], drawn[..., index], t, y, args, coupling
@@ -193,14 +208,16 @@ def build_step(
             drawn = evaluated = jnp.ones(1, bool)
         else:
             drift, drawn, evaluated = grouped(
-                lambda key, y: estimate(key, state.step, t, y, args), key, state.y,
+                lambda key, y: estimate(key, state.step, t, y, args),
+                key,
+                state.y,
                 groups if len(used) > 1 else 1,  # one level: nothing is drawn
             )
         # In the drift's dtype (at least float32), rounded to the state's once.
         y = jtu.tree_map(lambda y, f: (y + dt * f).astype(y.dtype), state.y, drift)
         if noise is not None:
             y = jtu.tree_map(jnp.add, y, noise(t, state.y, args, dw))
-        counts = (evaluated.sum(axis=0) if evaluated.ndim == 2 else groups * evaluated)
+        counts = evaluated.sum(axis=0) if evaluated.ndim == 2 else groups * evaluated
         evaluations = state.evaluations + counts.astype(jnp.int32)
         return MLEMState(y, evaluations, state.step + 1), MLEMInfo(drawn, evaluated)
 

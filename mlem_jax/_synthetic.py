@@ -41,9 +41,7 @@ def random_feature_drift(
 ) -> RandomFeatureDrift:
     """A random expansion with a_j = j^-alpha, unit u_j, w_j ~ N(0, I / d), b_j ~ U[0, 2 pi)."""
     if dim < 1 or num_features < 1:
-        raise ValueError(
-            f"`dim` and `num_features` must be >= 1, got {dim} and {num_features}."
-        )
+        raise ValueError(f"`dim` and `num_features` must be >= 1, got {dim} and {num_features}.")
     if not alpha > 0.5:
         raise ValueError(f"`alpha` must be > 1/2 for the expansion to converge, got {alpha}.")
     k_dir, k_freq, k_phase = jax.random.split(key, 3)
@@ -61,8 +59,6 @@ def random_feature_levels(
     """Levels f^l keeping the first `feature_counts[l]` terms of one random expansion."""
     counts = list(feature_counts)
     if not counts or any(b <= a for a, b in zip(counts, counts[1:])):
-        raise ValueError(
-            f"`feature_counts` must be non-empty and increasing, got {counts}."
-        )
+        raise ValueError(f"`feature_counts` must be non-empty and increasing, got {counts}.")
     full = random_feature_drift(key, dim, counts[-1], alpha)
     return [full.truncate(m) for m in counts]

@@ -20,12 +20,14 @@ def all_finite(tree: PyTree) -> Bool[Array, ""]:
 
 def group_finite(tree: PyTree, groups: int) -> Bool[Array, " G"]:
     """Whether each of `groups` groups of the leading axis of `tree` is finite."""
-    return jnp.stack([jnp.isfinite(x.reshape(groups, -1)).all(axis=1)
-                      for x in jtu.tree_leaves(tree)]).all(axis=0)
+    return jnp.stack(
+        [jnp.isfinite(x.reshape(groups, -1)).all(axis=1) for x in jtu.tree_leaves(tree)]
+    ).all(axis=0)
 
 
-def failed_steps(y: PyTree, step: Any, groups: int = 1,
-                 earlier: Int[Array, " G"] | None = None) -> Int[Array, " G"]:
+def failed_steps(
+    y: PyTree, step: Any, groups: int = 1, earlier: Int[Array, " G"] | None = None
+) -> Int[Array, " G"]:
     """For each group of the leading axis of `y` (one group: the whole state), the first
     step after which its state was not finite, -1 while it is. Non-finite states stay
     non-finite (X_(n+1) = X_n + ...), so this is where the trouble began.
@@ -67,12 +69,15 @@ def _describe(step, t, evaluated, group) -> str:
     if group >= 0:
         where += f" in group {int(group)}"
     levels = ", ".join(f"levels[{i}]" for i in np.flatnonzero(evaluated)) or "none"
-    return (f"throw=True: the state after {where} is not finite (its drift estimate or "
-            f"noise increment is not); levels evaluated there: {levels}.")
+    return (
+        f"throw=True: the state after {where} is not finite (its drift estimate or "
+        f"noise increment is not); levels evaluated there: {levels}."
+    )
 
 
-def error_if_failed(out: PyTree, failed: Int[Array, " G"],
-                    details: Callable[[Array, Array], tuple[Array, Array]]) -> PyTree:
+def error_if_failed(
+    out: PyTree, failed: Int[Array, " G"], details: Callable[[Array, Array], tuple[Array, Array]]
+) -> PyTree:
     """`out`, or a runtime error naming the first failed step, its time and the levels
     evaluated there.
 
@@ -107,16 +112,21 @@ def error_if_failed(out: PyTree, failed: Int[Array, " G"],
         step = first[group]
         t, evaluated = details(step, group)
         index = jax.pure_callback(
-            record, jax.ShapeDtypeStruct((), jnp.int32), step, t, evaluated, group,
-            vmap_method="broadcast_all")
+            record,
+            jax.ShapeDtypeStruct((), jnp.int32),
+            step,
+            t,
+            evaluated,
+            group,
+            vmap_method="broadcast_all",
+        )
         return eqx.branched_error_if(jnp.zeros((), jnp.int32), True, index, _MESSAGES)
 
     # The check is threaded onto a scalar, not onto `out` (a sharded batch would be
     # gathered to pass through the error's callback), and `out` is made to depend on
     # it by a select XLA cannot fold away, so it runs whenever `out` is used. Its
     # predicate is unbatched under vmap, so the cond stays a cond.
-    token = lax.cond(eqxi.unvmap_any(failed >= 0), fail,
-                     lambda: jnp.zeros((), jnp.int32))
+    token = lax.cond(eqxi.unvmap_any(failed >= 0), fail, lambda: jnp.zeros((), jnp.int32))
     return jtu.tree_map(lambda x: jnp.where(token >= 0, x, jnp.zeros_like(x)), out)
 
 
@@ -124,5 +134,5 @@ def throw_message(error: BaseException) -> str | None:
     """The message of a `throw=True` error (from its long runtime-error text), else None."""
     for line in str(error).splitlines():
         if "throw=True: " in line:
-            return line[line.index("throw=True: "):]
+            return line[line.index("throw=True: ") :]
     return None

@@ -50,8 +50,10 @@ def check_levels(levels: Any) -> "tuple[Callable, ...] | LevelFamily":
     """`levels` as a tuple of callables, or the `LevelFamily` itself."""
     if isinstance(levels, LevelFamily):
         if len(levels) < 1:
-            raise ValueError(f"`levels` must hold at least one level, got a "
-                             f"{type(levels).__name__} with {len(levels)}.")
+            raise ValueError(
+                f"`levels` must hold at least one level, got a "
+                f"{type(levels).__name__} with {len(levels)}."
+            )
         return levels
     if callable(levels) or not isinstance(levels, Sequence):
         raise TypeError(
@@ -64,8 +66,7 @@ def check_levels(levels: Any) -> "tuple[Callable, ...] | LevelFamily":
     for index, level in enumerate(levels):
         if not callable(level):
             raise TypeError(
-                f"`levels[{index}]` must be a callable `f(t, y, args)`, "
-                f"got {type(level).__name__}."
+                f"`levels[{index}]` must be a callable `f(t, y, args)`, got {type(level).__name__}."
             )
     return tuple(levels)
 
@@ -90,9 +91,7 @@ def check_times(t0: Any, t1: Any) -> None:
             raise ValueError(f"`{name}` must be a finite time, got {value}.")
     a, b = concrete_or_none(t0), concrete_or_none(t1)
     if a is not None and b is not None and a == b:
-        raise ValueError(
-            f"`t0` and `t1` must differ (t1 < t0 integrates backwards), both are {a}."
-        )
+        raise ValueError(f"`t0` and `t1` must differ (t1 < t0 integrates backwards), both are {a}.")
 
 
 def check_state(y0: Any) -> None:
@@ -112,9 +111,7 @@ def describe(tree: Any) -> str:
     return str(jtu.tree_map(lambda x: f"{x.dtype}{list(x.shape)}", tree))
 
 
-def check_level_outputs(
-    levels: Sequence[Callable], t0: Any, y0: Any, args: Any
-) -> None:
+def check_level_outputs(levels: Sequence[Callable], t0: Any, y0: Any, args: Any) -> None:
     """Each level must return exactly the structure, shapes and dtypes of `y0`."""
     expected = jax.eval_shape(lambda: y0)
     expected_struct = jtu.tree_structure(expected)
@@ -131,9 +128,7 @@ def check_level_outputs(
             )
 
 
-def check_diffusion_output(
-    diffusion: Callable, t0: Any, y0: Any, args: Any
-) -> None:
+def check_diffusion_output(diffusion: Callable, t0: Any, y0: Any, args: Any) -> None:
     """`diffusion(t, y, args)` must broadcast against `y` leaf by leaf (g * dW)."""
     expected = jax.eval_shape(lambda: y0)
     out = jax.eval_shape(lambda: diffusion(t0, y0, args))
@@ -203,8 +198,7 @@ def _check_probability_row(row: str, values: np.ndarray, coupling: str) -> None:
         raise ValueError(f"{name} must lie in (0, 1], got {values.tolist()}.")
     if values[0] != 1:
         raise ValueError(
-            f"{first} must be 1: the cheapest level is evaluated at every step; "
-            f"got {values[0]}."
+            f"{first} must be 1: the cheapest level is evaluated at every step; got {values[0]}."
         )
     if coupling == "nested" and (np.diff(values) > 0).any():
         raise ValueError(

@@ -43,7 +43,8 @@ def _probabilities(text: str) -> tuple[float, ...]:
         values = ()
     if not values or not all(0.0 < v <= 1.0 for v in values):
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers in (0, 1], got {text!r}")
+            f"expected comma-separated numbers in (0, 1], got {text!r}"
+        )
     return values
 
 
@@ -57,27 +58,37 @@ def _train(a: argparse.Namespace) -> None:
     from .diffusion.levels import WIDTHS, train_levels, user_directory
     from .diffusion.train import TrainConfig
 
-    config = TrainConfig(steps=a.steps, batch_size=a.batch_size,
-                         learning_rate=a.learning_rate, seed=a.seed)
+    config = TrainConfig(
+        steps=a.steps, batch_size=a.batch_size, learning_rate=a.learning_rate, seed=a.seed
+    )
     directory = Path(a.checkpoints) if a.checkpoints else user_directory() / "checkpoints"
     widths = a.widths or WIDTHS
-    state = train_levels(directory, dataset=a.dataset, widths=widths, config=config,
-                         progress=not a.quiet)
-    print(f"trained widths {widths} for {int(state.step)} steps in "
-          f"{float(state.seconds):.0f} s; checkpoints in {directory}")
+    state = train_levels(
+        directory, dataset=a.dataset, widths=widths, config=config, progress=not a.quiet
+    )
+    print(
+        f"trained widths {widths} for {int(state.step)} steps in "
+        f"{float(state.seconds):.0f} s; checkpoints in {directory}"
+    )
 
 
 def _distill(a: argparse.Namespace) -> None:
     from .diffusion.levels import distill_levels, output_directory
     from .diffusion.train import TrainConfig
 
-    config = TrainConfig(steps=a.steps, batch_size=a.batch_size,
-                         learning_rate=a.learning_rate, warmup=min(50, a.steps), seed=a.seed)
+    config = TrainConfig(
+        steps=a.steps,
+        batch_size=a.batch_size,
+        learning_rate=a.learning_rate,
+        warmup=min(50, a.steps),
+        seed=a.seed,
+    )
     out_dir = Path(a.out_dir) if a.out_dir else output_directory(a.checkpoints)
-    state = distill_levels(a.checkpoints, out_dir=out_dir, config=config,
-                           progress=not a.quiet)
-    print(f"distilled {len(state.params)} levels from the largest for {int(state.step)} "
-          f"steps in {float(state.seconds):.0f} s; checkpoints in {out_dir}")
+    state = distill_levels(a.checkpoints, out_dir=out_dir, config=config, progress=not a.quiet)
+    print(
+        f"distilled {len(state.params)} levels from the largest for {int(state.step)} "
+        f"steps in {float(state.seconds):.0f} s; checkpoints in {out_dir}"
+    )
 
 
 def _calibrate(a: argparse.Namespace) -> None:
@@ -88,21 +99,37 @@ def _calibrate(a: argparse.Namespace) -> None:
     from .diffusion.sample import score_levels
 
     models, manifests = load_levels(a.checkpoints)
-    result = calibrate(score_levels(models, a.kind), jax.random.key(a.seed),
-                       manifests[-1]["image_shape"], count=a.count, num_steps=a.steps)
-    out = Path(a.out) if a.out else (
-        user_directory() / "calibration.json" if in_package(a.checkpoints)
-        else Path(a.checkpoints) / "calibration.json")
+    result = calibrate(
+        score_levels(models, a.kind),
+        jax.random.key(a.seed),
+        manifests[-1]["image_shape"],
+        count=a.count,
+        num_steps=a.steps,
+    )
+    out = (
+        Path(a.out)
+        if a.out
+        else (
+            user_directory() / "calibration.json"
+            if in_package(a.checkpoints)
+            else Path(a.checkpoints) / "calibration.json"
+        )
+    )
     write_calibration(out, result)
     print(f"{'width':>6} {'MFLOP/image':>12} {'ms/image':>9} {'eps_l':>9} {'v_l':>10}")
     v = [float("nan")] + result["variances"]
     for m, f, s, e, var in zip(models, result["flops"], result["seconds"], result["errors"], v):
         print(f"{m.width:>6} {f / 1e6:>12.2f} {s * 1e3:>9.3f} {e:>9.3f} {var:>10.3f}")
-    use = (f"; use it with --calibration {out}"
-           if out.resolve() != (Path(a.checkpoints) / "calibration.json").resolve() else "")
+    use = (
+        f"; use it with --calibration {out}"
+        if out.resolve() != (Path(a.checkpoints) / "calibration.json").resolve()
+        else ""
+    )
     # gamma is None with fewer than 3 levels.
-    print(f"gamma = {result['gamma'] or float('nan'):.2f} (FLOPs), "
-          f"{result['gamma_seconds'] or float('nan'):.2f} (seconds); written to {out}{use}")
+    print(
+        f"gamma = {result['gamma'] or float('nan'):.2f} (FLOPs), "
+        f"{result['gamma_seconds'] or float('nan'):.2f} (seconds); written to {out}{use}"
+    )
 
 
 def _sample(a: argparse.Namespace) -> None:
@@ -116,35 +143,52 @@ def _sample(a: argparse.Namespace) -> None:
 
     levels, image_shape, calibration = prepare(a.checkpoints, a.kind, a.seed, a.calibration)
     noise_key, path_key, draw_key = jax.random.split(jax.random.key(a.seed), 3)
-    probabilities = (probabilities_for(calibration, a.steps, a.top_evaluations, a.draws)
-                     if a.method == "mlem" else None)
+    probabilities = (
+        probabilities_for(calibration, a.steps, a.top_evaluations, a.draws)
+        if a.method == "mlem"
+        else None
+    )
     switch = stitch_switch(a.stitch_fraction) if a.method == "tstitch" else None
     if a.count % a.groups:
         raise ValueError(f"--groups must divide --count {a.count}, got {a.groups}")
-    setting = Setting(a.method, a.steps, probabilities, switch, draws=a.draws,
-                      groups=a.groups)
+    setting = Setting(a.method, a.steps, probabilities, switch, draws=a.draws, groups=a.groups)
     x1 = initial_noise(noise_key, a.count, image_shape)
     outcome = run_setting(setting, levels, x1, path_key, draw_key, calibration["flops"])
     path = save_samples(a.out, outcome.samples)
-    print(f"{a.count} samples by {a.method} ({a.kind}, {a.steps} steps): "
-          f"{outcome.flops / 1e9:.3f} GFLOP/image, {outcome.seconds:.2f} s; wrote {path}")
+    print(
+        f"{a.count} samples by {a.method} ({a.kind}, {a.steps} steps): "
+        f"{outcome.flops / 1e9:.3f} GFLOP/image, {outcome.seconds:.2f} s; wrote {path}"
+    )
 
 
 def _demo(a: argparse.Namespace) -> None:
     from .diffusion.demo import run_demo
     from .diffusion.testbed_demo import run_testbed_demo
 
-    run_demo(a.checkpoints, count=a.count, seed=a.seed, out_dir=a.out_dir, quick=a.quick,
-             calibration=a.calibration)
-    run_testbed_demo(a.out_dir, seed=a.seed, **({"count": 32, "reference_steps": 256}
-                                                if a.quick else {}))
+    run_demo(
+        a.checkpoints,
+        count=a.count,
+        seed=a.seed,
+        out_dir=a.out_dir,
+        quick=a.quick,
+        calibration=a.calibration,
+    )
+    run_testbed_demo(
+        a.out_dir, seed=a.seed, **({"count": 32, "reference_steps": 256} if a.quick else {})
+    )
 
 
 def _bench(a: argparse.Namespace) -> None:
     from .diffusion.demo import run_bench
 
-    run_bench(a.checkpoints, count=a.count, num_steps=a.steps, repeats=a.repeats, seed=a.seed,
-              calibration=a.calibration)
+    run_bench(
+        a.checkpoints,
+        count=a.count,
+        num_steps=a.steps,
+        repeats=a.repeats,
+        seed=a.seed,
+        calibration=a.calibration,
+    )
 
 
 def _distributed_sample(a: argparse.Namespace) -> None:
@@ -154,16 +198,25 @@ def _distributed_sample(a: argparse.Namespace) -> None:
 
     distributed.check_coordinator(a.coordinator, "--coordinator")
     if a.process_id >= a.num_processes:
-        raise ValueError(f"--process-id must be in [0, {a.num_processes}) for "
-                         f"--num-processes {a.num_processes}, got {a.process_id}")
+        raise ValueError(
+            f"--process-id must be in [0, {a.num_processes}) for "
+            f"--num-processes {a.num_processes}, got {a.process_id}"
+        )
     devices = a.num_processes * a.local_devices
     if a.count % devices:
-        raise ValueError(f"--count must be a multiple of the {devices} devices "
-                         f"(--num-processes x --local-devices), got {a.count}")
+        raise ValueError(
+            f"--count must be a multiple of the {devices} devices "
+            f"(--num-processes x --local-devices), got {a.count}"
+        )
     if Path(a.out).suffix != ".npz":
         raise ValueError(f"--out must end in .npz, got {a.out!r}")
-    distributed.initialize(a.coordinator, a.num_processes, a.process_id,
-                           local_device_count=a.local_devices, timeout=a.timeout)
+    distributed.initialize(
+        a.coordinator,
+        a.num_processes,
+        a.process_id,
+        local_device_count=a.local_devices,
+        timeout=a.timeout,
+    )
     import jax
     import numpy as np
 
@@ -174,26 +227,35 @@ def _distributed_sample(a: argparse.Namespace) -> None:
 
     probabilities = a.probabilities
     if a.method == "mlem" and probabilities is None:
-        levels, image_shape, calibration = prepare(a.checkpoints, a.kind, a.seed,
-                                                   a.calibration)
+        levels, image_shape, calibration = prepare(a.checkpoints, a.kind, a.seed, a.calibration)
         probabilities = probabilities_for(calibration, a.steps, a.top_evaluations, a.draws)
     else:
         models, manifests = load_levels(a.checkpoints)
         levels, image_shape = score_levels(models, a.kind), manifests[-1]["image_shape"]
     if a.method == "mlem" and len(probabilities) != len(levels):
-        raise ValueError(f"--probabilities must hold {len(levels)} values, one per level, "
-                         f"got {len(probabilities)}")
+        raise ValueError(
+            f"--probabilities must hold {len(levels)} values, one per level, "
+            f"got {len(probabilities)}"
+        )
     start = time.perf_counter()
     samples, evaluations = distributed.sample_sharded(
-        a.method, levels, jax.random.key(a.seed), a.count, image_shape, a.steps,
-        probabilities=probabilities, draws=a.draws,
+        a.method,
+        levels,
+        jax.random.key(a.seed),
+        a.count,
+        image_shape,
+        a.steps,
+        probabilities=probabilities,
+        draws=a.draws,
         switch=stitch_switch(a.stitch_fraction) if a.method == "tstitch" else None,
     )
     seconds = time.perf_counter() - start
-    print(f"process {a.process_id} of {a.num_processes}: {a.count} samples by {a.method} "
-          f"({a.steps} steps) on {jax.device_count()} devices, {jax.local_device_count()} "
-          f"here, {seconds:.2f} s with compilation; evaluations {evaluations.tolist()}",
-          flush=True)
+    print(
+        f"process {a.process_id} of {a.num_processes}: {a.count} samples by {a.method} "
+        f"({a.steps} steps) on {jax.device_count()} devices, {jax.local_device_count()} "
+        f"here, {seconds:.2f} s with compilation; evaluations {evaluations.tolist()}",
+        flush=True,
+    )
     if a.process_id == 0:
         np.savez(a.out, samples=samples, evaluations=evaluations)
         print(f"wrote {a.out}", flush=True)
@@ -211,114 +273,192 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, help: str, run, *, checkpoints: bool = True,
-                calibration: bool = False):
+    def command(name: str, help: str, run, *, checkpoints: bool = True, calibration: bool = False):
         sub = commands.add_parser(name, help=help, description=help)
         sub.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
         if checkpoints:
-            sub.add_argument("--checkpoints",
-                             help="folder of the UNet checkpoints (default: the shipped "
-                                  "ones, which are only read)")
+            sub.add_argument(
+                "--checkpoints",
+                help="folder of the UNet checkpoints (default: the shipped "
+                "ones, which are only read)",
+            )
         if calibration:
-            sub.add_argument("--calibration",
-                             help="calibration JSON written by `mlem-jax calibrate` "
-                                  "(default: <checkpoints>/calibration.json)")
+            sub.add_argument(
+                "--calibration",
+                help="calibration JSON written by `mlem-jax calibrate` "
+                "(default: <checkpoints>/calibration.json)",
+            )
         sub.set_defaults(run=run)
         return sub
 
     home = USER_CACHE
-    train = command("train", "train the UNet levels on MNIST (resumes if interrupted)", _train,
-                    checkpoints=False)
-    train.add_argument("--checkpoints",
-                       help=f"folder to write the checkpoints to (default: {home}/checkpoints)")
-    train.add_argument("--widths", type=_widths,
-                       help="e.g. 2,4,8,16 (default: those of the shipped UNets)")
+    train = command(
+        "train",
+        "train the UNet levels on MNIST (resumes if interrupted)",
+        _train,
+        checkpoints=False,
+    )
+    train.add_argument(
+        "--checkpoints", help=f"folder to write the checkpoints to (default: {home}/checkpoints)"
+    )
+    train.add_argument(
+        "--widths", type=_widths, help="e.g. 2,4,8,16 (default: those of the shipped UNets)"
+    )
     train.add_argument("--steps", type=_positive, default=2000, help="optimiser steps")
     train.add_argument("--batch-size", type=_positive, default=64)
     train.add_argument("--learning-rate", type=float, default=2e-3)
     train.add_argument("--dataset", choices=("mnist", "digits"), default="mnist")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    distill = command("distill", "distil the smaller UNet levels from the largest, starting "
-                      "from their checkpoints (resumes if interrupted)", _distill)
-    distill.add_argument("--out-dir", help="folder to write the distilled levels to (default: "
-                         f"--checkpoints, or {home}/checkpoints when those are the shipped "
-                         "ones)")
+    distill = command(
+        "distill",
+        "distil the smaller UNet levels from the largest, starting "
+        "from their checkpoints (resumes if interrupted)",
+        _distill,
+    )
+    distill.add_argument(
+        "--out-dir",
+        help="folder to write the distilled levels to (default: "
+        f"--checkpoints, or {home}/checkpoints when those are the shipped "
+        "ones)",
+    )
     distill.add_argument("--steps", type=_positive, default=1500, help="optimiser steps")
     distill.add_argument("--batch-size", type=_positive, default=64)
     distill.add_argument("--learning-rate", type=float, default=1e-3)
     distill.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    cal = command("calibrate", "measure eps_l, v_l, c_l and gamma along sampling runs",
-                  _calibrate)
+    cal = command("calibrate", "measure eps_l, v_l, c_l and gamma along sampling runs", _calibrate)
     cal.add_argument("--kind", choices=("sde", "ode"), default="sde")
     cal.add_argument("--count", type=_positive, default=16, help="images per run")
     cal.add_argument("--steps", type=_positive, default=64, help="EM steps of the run")
-    cal.add_argument("--out", help="JSON file (default: <checkpoints>/calibration.json, or "
-                     f"{home}/calibration.json for the shipped checkpoints)")
+    cal.add_argument(
+        "--out",
+        help="JSON file (default: <checkpoints>/calibration.json, or "
+        f"{home}/calibration.json for the shipped checkpoints)",
+    )
 
-    smp = command("sample", "draw samples by EM, ML-EM or T-Stitch; write PNG or NPZ", _sample,
-                  calibration=True)
+    smp = command(
+        "sample",
+        "draw samples by EM, ML-EM or T-Stitch; write PNG or NPZ",
+        _sample,
+        calibration=True,
+    )
     smp.add_argument("--method", choices=("em", "mlem", "tstitch"), default="mlem")
-    smp.add_argument("--kind", choices=("sde", "ode"), default="sde",
-                     help="reverse SDE or probability-flow ODE")
+    smp.add_argument(
+        "--kind", choices=("sde", "ode"), default="sde", help="reverse SDE or probability-flow ODE"
+    )
     smp.add_argument("--steps", type=_positive, default=64)
     smp.add_argument("--count", type=_positive, default=16, help="number of samples")
-    smp.add_argument("--top-evaluations", type=float, default=2.0,
-                     help="ML-EM: expected evaluations of the largest UNet per run")
-    smp.add_argument("--draws", choices=("random", "stratified"), default="random",
-                     help="ML-EM: independent level draws at every step, or spread evenly")
-    smp.add_argument("--groups", type=_positive, default=1,
-                     help="ML-EM: groups of the samples with level draws of their own (a "
-                          "divisor of --count); with 1 (default) every sample carries the "
-                          "same randomisation error, which statistics over the samples do "
-                          "not average out")
-    smp.add_argument("--stitch-fraction", type=_fraction, default=0.5,
-                     help="T-Stitch: share of the time span on the small UNet")
+    smp.add_argument(
+        "--top-evaluations",
+        type=float,
+        default=2.0,
+        help="ML-EM: expected evaluations of the largest UNet per run",
+    )
+    smp.add_argument(
+        "--draws",
+        choices=("random", "stratified"),
+        default="random",
+        help="ML-EM: independent level draws at every step, or spread evenly",
+    )
+    smp.add_argument(
+        "--groups",
+        type=_positive,
+        default=1,
+        help="ML-EM: groups of the samples with level draws of their own (a "
+        "divisor of --count); with 1 (default) every sample carries the "
+        "same randomisation error, which statistics over the samples do "
+        "not average out",
+    )
+    smp.add_argument(
+        "--stitch-fraction",
+        type=_fraction,
+        default=0.5,
+        help="T-Stitch: share of the time span on the small UNet",
+    )
     smp.add_argument("--out", default="samples.png", help="output .png (grid) or .npz")
 
-    demo = command("demo", "EM vs ML-EM vs T-Stitch: cost, strong error, samples side by "
-                   "side and the cost-error frontier (PNGs)", _demo, calibration=True)
+    demo = command(
+        "demo",
+        "EM vs ML-EM vs T-Stitch: cost, strong error, samples side by "
+        "side and the cost-error frontier (PNGs)",
+        _demo,
+        calibration=True,
+    )
     demo.add_argument("--count", type=_positive, default=64, help="images per method")
     demo.add_argument("--out-dir", default=".", help="folder of the PNGs")
-    demo.add_argument("--quick", action="store_true",
-                      help="fewer and shorter runs (4 to 16 steps), for a smoke test")
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer and shorter runs (4 to 16 steps), for a smoke test",
+    )
 
-    bench = command("bench", "time each level and EM vs ML-EM sampling side by side", _bench,
-                    calibration=True)
+    bench = command(
+        "bench", "time each level and EM vs ML-EM sampling side by side", _bench, calibration=True
+    )
     bench.add_argument("--count", type=_positive, default=16, help="images per batch")
     bench.add_argument("--steps", type=_positive, default=64)
     bench.add_argument("--repeats", type=_positive, default=3)
 
-    sde = command("sde-demo", "solve a small SDE with EM and ML-EM; print cost and error",
-                  _sde_demo, checkpoints=False)
+    sde = command(
+        "sde-demo",
+        "solve a small SDE with EM and ML-EM; print cost and error",
+        _sde_demo,
+        checkpoints=False,
+    )
     sde.add_argument("--paths", type=_positive, default=256, help="number of sample paths")
 
-    dist = command("distributed-sample", "sample one batch over several processes (hosts): "
-                   "start once per process; process 0 writes the gathered samples",
-                   _distributed_sample, calibration=True)
-    dist.add_argument("--coordinator", required=True,
-                      help="host:port of process 0, the same for every process")
+    dist = command(
+        "distributed-sample",
+        "sample one batch over several processes (hosts): "
+        "start once per process; process 0 writes the gathered samples",
+        _distributed_sample,
+        calibration=True,
+    )
+    dist.add_argument(
+        "--coordinator", required=True, help="host:port of process 0, the same for every process"
+    )
     dist.add_argument("--num-processes", type=_positive, required=True)
     dist.add_argument("--process-id", type=_natural, required=True, help="0 .. N-1")
-    dist.add_argument("--local-devices", type=_positive, default=1,
-                      help="CPU devices per process (default 1)")
-    dist.add_argument("--timeout", type=_positive, default=300,
-                      help="seconds to wait for the other processes")
+    dist.add_argument(
+        "--local-devices", type=_positive, default=1, help="CPU devices per process (default 1)"
+    )
+    dist.add_argument(
+        "--timeout", type=_positive, default=300, help="seconds to wait for the other processes"
+    )
     dist.add_argument("--method", choices=("em", "mlem", "tstitch"), default="mlem")
     dist.add_argument("--kind", choices=("sde", "ode"), default="sde")
     dist.add_argument("--steps", type=_positive, default=64)
-    dist.add_argument("--count", type=_positive, default=16,
-                      help="global number of samples, a multiple of the devices")
-    dist.add_argument("--top-evaluations", type=float, default=2.0,
-                      help="ML-EM: expected evaluations of the largest UNet per run")
-    dist.add_argument("--probabilities", type=_probabilities,
-                      help="ML-EM: p_1..p_K, one per checkpoint, e.g. 1,0.3 (default: from "
-                           "<checkpoints>/calibration.json, --top-evaluations and --draws)")
-    dist.add_argument("--draws", choices=("random", "stratified"), default="random",
-                      help="ML-EM: independent level draws at every step, or spread evenly")
-    dist.add_argument("--stitch-fraction", type=_fraction, default=0.5,
-                      help="T-Stitch: share of the time span on the small UNet")
+    dist.add_argument(
+        "--count",
+        type=_positive,
+        default=16,
+        help="global number of samples, a multiple of the devices",
+    )
+    dist.add_argument(
+        "--top-evaluations",
+        type=float,
+        default=2.0,
+        help="ML-EM: expected evaluations of the largest UNet per run",
+    )
+    dist.add_argument(
+        "--probabilities",
+        type=_probabilities,
+        help="ML-EM: p_1..p_K, one per checkpoint, e.g. 1,0.3 (default: from "
+        "<checkpoints>/calibration.json, --top-evaluations and --draws)",
+    )
+    dist.add_argument(
+        "--draws",
+        choices=("random", "stratified"),
+        default="random",
+        help="ML-EM: independent level draws at every step, or spread evenly",
+    )
+    dist.add_argument(
+        "--stitch-fraction",
+        type=_fraction,
+        default=0.5,
+        help="T-Stitch: share of the time span on the small UNet",
+    )
     dist.add_argument("--out", default="samples.npz", help="output .npz (process 0)")
     return parser
 
@@ -327,16 +467,24 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; errors in the arguments or the files, and a missing extra, are
     one line on stderr."""
     arguments = _parser().parse_args(argv)
-    if getattr(arguments, "out", None) and arguments.command == "sample" and \
-            Path(arguments.out).suffix not in (".png", ".npz"):
-        print(f"mlem-jax: error: --out must end in .png or .npz, got {arguments.out!r}",
-              file=sys.stderr)
+    if (
+        getattr(arguments, "out", None)
+        and arguments.command == "sample"
+        and Path(arguments.out).suffix not in (".png", ".npz")
+    ):
+        print(
+            f"mlem-jax: error: --out must end in .png or .npz, got {arguments.out!r}",
+            file=sys.stderr,
+        )
         return 2
     try:
         # The commands that read checkpoints default to the shipped ones (`train` writes
         # its own to the user cache instead).
-        if (arguments.command != "train" and "checkpoints" in arguments
-                and arguments.checkpoints is None):
+        if (
+            arguments.command != "train"
+            and "checkpoints" in arguments
+            and arguments.checkpoints is None
+        ):
             from .diffusion.levels import CHECKPOINTS
 
             arguments.checkpoints = str(CHECKPOINTS)

@@ -33,17 +33,23 @@ _ADDRESS = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
 def check_coordinator(address: str, name: str = "`coordinator_address`") -> str:
     """`address` if it reads `host:port`, else a `ValueError` naming the argument."""
-    if not isinstance(address, str) or not _ADDRESS.match(address) or not (
-        0 < int(address.rsplit(":", 1)[1]) < 65536
+    if (
+        not isinstance(address, str)
+        or not _ADDRESS.match(address)
+        or not (0 < int(address.rsplit(":", 1)[1]) < 65536)
     ):
-        raise ValueError(
-            f"{name} must be host:port (e.g. 127.0.0.1:1234), got {address!r}."
-        )
+        raise ValueError(f"{name} must be host:port (e.g. 127.0.0.1:1234), got {address!r}.")
     return address
 
 
-def initialize(coordinator_address: str, num_processes: int, process_id: int, *,
-               local_device_count: int | None = None, timeout: int = 300) -> None:
+def initialize(
+    coordinator_address: str,
+    num_processes: int,
+    process_id: int,
+    *,
+    local_device_count: int | None = None,
+    timeout: int = 300,
+) -> None:
     """Join a multi-process JAX job; call it before any other JAX work.
 
     On CPU the cross-process collectives are gloo's (`jax_cpu_collectives_implementation`,
@@ -59,12 +65,13 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int, *,
     - `timeout`: seconds to wait for the other processes to join.
     """
     check_coordinator(coordinator_address)
-    for name, value, low in (("num_processes", num_processes, 1),
-                             ("timeout", timeout, 1)):
+    for name, value, low in (("num_processes", num_processes, 1), ("timeout", timeout, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}.")
-    if isinstance(process_id, bool) or not isinstance(process_id, int) or not (
-        0 <= process_id < num_processes
+    if (
+        isinstance(process_id, bool)
+        or not isinstance(process_id, int)
+        or not (0 <= process_id < num_processes)
     ):
         raise ValueError(
             f"`process_id` must be an int in [0, {num_processes}), got {process_id!r}."
@@ -72,12 +79,11 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int, *,
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if local_device_count is not None:
         if local_device_count < 1:
-            raise ValueError(
-                f"`local_device_count` must be >= 1, got {local_device_count!r}."
-            )
+            raise ValueError(f"`local_device_count` must be >= 1, got {local_device_count!r}.")
         jax.config.update("jax_num_cpu_devices", local_device_count)
-    jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               initialization_timeout=timeout)
+    jax.distributed.initialize(
+        coordinator_address, num_processes, process_id, initialization_timeout=timeout
+    )
 
 
 def shutdown() -> None:
@@ -85,8 +91,13 @@ def shutdown() -> None:
     jax.distributed.shutdown()
 
 
-def global_noise(key: PRNGKeyArray, count: int, image_shape: Sequence[int],
-                 mesh: Mesh | None = None, axis_name: str = BATCH) -> Array:
+def global_noise(
+    key: PRNGKeyArray,
+    count: int,
+    image_shape: Sequence[int],
+    mesh: Mesh | None = None,
+    axis_name: str = BATCH,
+) -> Array:
     """X_1 ~ N(0, I) of shape (count, *image_shape) as one batch sharded over `mesh`,
     equal to `initial_noise(key, count, image_shape)` on one device.
 
@@ -164,6 +175,15 @@ def sample_sharded(
     mesh = batch_mesh() if mesh is None else mesh
     noise_key, path_key, draw_key = jax.random.split(key, 3)
     x1 = global_noise(noise_key, count, image_shape, mesh)
-    solution = sample(method, levels, x1, num_steps, key=draw_key, brownian=path_key,
-                      probabilities=probabilities, draws=draws, switch=switch)
+    solution = sample(
+        method,
+        levels,
+        x1,
+        num_steps,
+        key=draw_key,
+        brownian=path_key,
+        probabilities=probabilities,
+        draws=draws,
+        switch=switch,
+    )
     return gather(solution.ys), gather(solution.evaluations)

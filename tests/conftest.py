@@ -32,9 +32,7 @@ def levels3():
 
 
 def brownian_tree(key, t0, t1, shape, tol=2.0**-12):
-    return diffrax.VirtualBrownianTree(
-        min(t0, t1), max(t0, t1), tol=tol, shape=shape, key=key
-    )
+    return diffrax.VirtualBrownianTree(min(t0, t1), max(t0, t1), tol=tol, shape=shape, key=key)
 
 
 def assert_close(a, b, **kw):

@@ -22,6 +22,10 @@ def load_experiment(name: str) -> ModuleType:
 
 def run_experiment(name: str, out: Path, *flags: str, timeout: float | None = None) -> None:
     """Run experiments/<name>.py on the CPU in a fresh interpreter, writing to `out`."""
-    subprocess.run([sys.executable, str(EXPERIMENTS / f"{name}.py"), *flags, "--out", str(out)],
-                   check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"},
-                   cwd=EXPERIMENTS.parent, timeout=timeout)
+    subprocess.run(
+        [sys.executable, str(EXPERIMENTS / f"{name}.py"), *flags, "--out", str(out)],
+        check=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        cwd=EXPERIMENTS.parent,
+        timeout=timeout,
+    )

@@ -17,8 +17,9 @@ def test_level_statistics_are_exact_for_linear_levels():
     stats = mlem_jax.level_statistics(linear_levels(rates), jnp.zeros(50), ys, batch_size=8)
     mean_square = float(jnp.mean(jnp.sum(ys**2, axis=1)))
     assert np.allclose(stats.variances, [0.25 * mean_square, 0.0625 * mean_square], rtol=1e-5)
-    assert np.allclose(stats.errors, np.sqrt([0.5625, 0.0625, 0.0]) * np.sqrt(mean_square),
-                       rtol=1e-5)
+    assert np.allclose(
+        stats.errors, np.sqrt([0.5625, 0.0625, 0.0]) * np.sqrt(mean_square), rtol=1e-5
+    )
 
 
 def test_level_statistics_against_a_reference_drift():
@@ -44,8 +45,9 @@ class Dense(eqx.Module):
 def test_level_costs_count_matmul_flops_and_grow_with_width():
     widths = [8, 32, 128]
     levels = [Dense(jnp.ones((w, w))) for w in widths]
-    costs = [mlem_jax.level_costs([lv], 0.0, jnp.ones(w), repeats=3) for lv, w in
-             zip(levels, widths)]
+    costs = [
+        mlem_jax.level_costs([lv], 0.0, jnp.ones(w), repeats=3) for lv, w in zip(levels, widths)
+    ]
     flops = np.array([c.flops[0] for c in costs])
     assert np.allclose(flops, [2 * w * w for w in widths], rtol=0.1)
     assert all(c.seconds[0] > 0 for c in costs)
@@ -53,7 +55,7 @@ def test_level_costs_count_matmul_flops_and_grow_with_width():
 
 def test_fit_gamma_recovers_a_power_law():
     errors = 2.0 ** -np.arange(1, 6)
-    costs = 3.0 * errors ** -2.5
+    costs = 3.0 * errors**-2.5
     assert np.isclose(mlem_jax.fit_gamma(costs, errors), 2.5)
     # The top level measured against itself (eps = 0) is left out of the fit.
     assert np.isclose(mlem_jax.fit_gamma(np.append(costs, 1e9), np.append(errors, 0.0)), 2.5)

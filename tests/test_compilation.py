@@ -18,6 +18,7 @@ from mlem_jax.distributed import global_noise
 
 from diffusion_helpers import IMAGE_SHAPE, tiny_unets
 
+
 COMPILE = "/jax/core/compile/backend_compile_duration"
 
 
@@ -53,8 +54,17 @@ def test_solve_compiles_once_per_function_object():
         return 0.5
 
     def run(g, key):
-        return mlem_jax.solve(levels, jnp.ones(4), 0.0, 1.0, 16, probabilities=[1.0, 0.3],
-                              key=key, diffusion=g, brownian=key).ys
+        return mlem_jax.solve(
+            levels,
+            jnp.ones(4),
+            0.0,
+            1.0,
+            16,
+            probabilities=[1.0, 0.3],
+            key=key,
+            diffusion=g,
+            brownian=key,
+        ).ys
 
     with compilations() as reused:
         for seed in range(3):
@@ -71,16 +81,20 @@ def test_samplers_runner_and_calibration_compile_once_for_the_same_shapes():
     x1 = initial_noise(jax.random.key(1), 2, IMAGE_SHAPE)
     kw = dict(key=jax.random.key(3), brownian=jax.random.key(2))
     # (T-Stitch builds its stitched level anew at every call.)
-    for method, extra in (("mlem", dict(probabilities=(1.0, 0.5), groups=2)),
-                          ("tstitch", dict(switch=stitch_switch(0.5)))):
+    for method, extra in (
+        ("mlem", dict(probabilities=(1.0, 0.5), groups=2)),
+        ("tstitch", dict(switch=stitch_switch(0.5))),
+    ):
         first, second = twice(lambda: sample(method, levels, x1, 3, **kw, **extra).ys)
         assert first and not second, (method, second)
     setting = Setting("mlem", 3, (1.0, 0.5))
-    first, second = twice(lambda: run_setting(setting, levels, x1, jax.random.key(2),
-                                              jax.random.key(3), [1.0, 4.0]))
+    first, second = twice(
+        lambda: run_setting(setting, levels, x1, jax.random.key(2), jax.random.key(3), [1.0, 4.0])
+    )
     assert first and not second, second
-    first, second = twice(lambda: calibrate(levels, jax.random.key(0), IMAGE_SHAPE, count=2,
-                                            num_steps=2, repeats=1))
+    first, second = twice(
+        lambda: calibrate(levels, jax.random.key(0), IMAGE_SHAPE, count=2, num_steps=2, repeats=1)
+    )
     assert first and not second, second
 
 

@@ -60,20 +60,35 @@ def final(sol):
 
 @pytest.mark.parametrize(
     "t0, t1, coupling, draws",
-    [(0.0, 1.0, "nested", "random"), (1.0, 0.0, "independent", "random"),
-     (1.0, 0.0, "nested", "stratified")],
+    [
+        (0.0, 1.0, "nested", "random"),
+        (1.0, 0.0, "independent", "random"),
+        (1.0, 0.0, "nested", "stratified"),
+    ],
 )
 def test_sde_agrees_with_solve(t0, t1, coupling, draws):
     key, path = jax.random.key(5), brownian_tree(jax.random.key(0), t0, t1, (3,))
     num_steps = 16
     expected = mlem_jax.solve(
-        LEVELS, Y0, t0, t1, num_steps, probabilities=PROBABILITIES, key=key,
-        diffusion=diffusion, brownian=path, coupling=coupling, draws=draws,
+        LEVELS,
+        Y0,
+        t0,
+        t1,
+        num_steps,
+        probabilities=PROBABILITIES,
+        key=key,
+        diffusion=diffusion,
+        brownian=path,
+        coupling=coupling,
+        draws=draws,
     )
     sol = diffrax.diffeqsolve(
         sde_terms(LEVELS, PROBABILITIES, path, coupling=coupling, draws=draws),
         mlem_jax.MLEM(key),
-        t0, t1, (t1 - t0) / num_steps, Y0,
+        t0,
+        t1,
+        (t1 - t0) / num_steps,
+        Y0,
         saveat=diffrax.SaveAt(t1=True, solver_state=True),
     )
     assert_close(final(sol), expected.ys)
@@ -91,7 +106,13 @@ def test_ode_agrees_with_solve_with_dt0_and_with_step_to_in_reverse_time():
         term, mlem_jax.MLEM(key), 0.0, 2.0, 2 / num_steps, Y0, saveat=save
     )
     step_to = diffrax.diffeqsolve(
-        term, mlem_jax.MLEM(key), 2.0, 0.0, None, Y0, saveat=save,
+        term,
+        mlem_jax.MLEM(key),
+        2.0,
+        0.0,
+        None,
+        Y0,
+        saveat=save,
         stepsize_controller=diffrax.StepTo(ts=jnp.linspace(2.0, 0.0, num_steps + 1)),
     )
     for sol, (t0, t1) in ((with_dt0, (0.0, 2.0)), (step_to, (2.0, 0.0))):
@@ -101,9 +122,7 @@ def test_ode_agrees_with_solve_with_dt0_and_with_step_to_in_reverse_time():
         assert_close(final(sol), expected.ys)
         assert mlem_jax.evaluations(sol).tolist() == expected.evaluations.tolist()
     # A different key gives different draws, so the agreement above is not vacuous.
-    other = diffrax.diffeqsolve(
-        term, mlem_jax.MLEM(jax.random.key(8)), 0.0, 2.0, 2 / num_steps, Y0
-    )
+    other = diffrax.diffeqsolve(term, mlem_jax.MLEM(jax.random.key(8)), 0.0, 2.0, 2 / num_steps, Y0)
     assert not jnp.allclose(final(other), final(with_dt0))
 
 
@@ -111,11 +130,17 @@ def test_all_probabilities_one_equals_diffrax_euler_on_the_top_level_in_reverse_
     t0, t1 = 1.0, 0.0
     path = diffrax.UnsafeBrownianPath(shape=(3,), key=jax.random.key(1))  # cheap here
     dt0 = (t1 - t0) / 20
-    common: dict[str, Any] = dict(saveat=diffrax.SaveAt(steps=True, solver_state=True),
-                  adjoint=diffrax.ForwardMode())
+    common: dict[str, Any] = dict(
+        saveat=diffrax.SaveAt(steps=True, solver_state=True), adjoint=diffrax.ForwardMode()
+    )
     mlem = diffrax.diffeqsolve(
-        sde_terms(LEVELS, [1.0, 1.0, 1.0], path), mlem_jax.MLEM(jax.random.key(2)),
-        t0, t1, dt0, Y0, **common,
+        sde_terms(LEVELS, [1.0, 1.0, 1.0], path),
+        mlem_jax.MLEM(jax.random.key(2)),
+        t0,
+        t1,
+        dt0,
+        Y0,
+        **common,
     )
     euler_terms = diffrax.MultiTerm(
         diffrax.ODETerm(LEVELS[-1]), diffrax.ControlTerm(diagonal_diffusion, path)
@@ -153,15 +178,28 @@ def test_pytree_state_agrees_with_solve():
     path = diffrax.UnsafeBrownianPath(shape, jax.random.key(4))  # exact on this grid
     key = jax.random.key(6)
     expected = mlem_jax.solve(
-        levels, y0, 0.0, 1.0, 16, probabilities=[1.0, 0.4], key=key,
-        diffusion=g, brownian=path,
+        levels,
+        y0,
+        0.0,
+        1.0,
+        16,
+        probabilities=[1.0, 0.4],
+        key=key,
+        diffusion=g,
+        brownian=path,
     )
     terms = diffrax.MultiTerm(
         mlem_jax.MultilevelTerm(levels, [1.0, 0.4]),
         diffrax.ControlTerm(lambda t, y, a: jtu.tree_map(jnp.diag, g(t, y, a)), path),
     )
     sol = diffrax.diffeqsolve(
-        terms, mlem_jax.MLEM(key), 0.0, 1.0, 1 / 16, y0, adjoint=diffrax.ForwardMode(),
+        terms,
+        mlem_jax.MLEM(key),
+        0.0,
+        1.0,
+        1 / 16,
+        y0,
+        adjoint=diffrax.ForwardMode(),
         saveat=diffrax.SaveAt(t1=True, solver_state=True),
     )
     assert_close(final(sol), expected.ys)
@@ -180,7 +218,13 @@ def test_saveat_ts_steps_and_dense_agree_with_solve_on_the_grid():
     )
     subs = [diffrax.SubSaveAt(ts=grid[::4]), diffrax.SubSaveAt(t0=True, steps=True)]
     sol = diffrax.diffeqsolve(
-        terms, solver, 0.0, 1.0, 1 / 16, Y0, max_steps=32,
+        terms,
+        solver,
+        0.0,
+        1.0,
+        1 / 16,
+        Y0,
+        max_steps=32,
         saveat=diffrax.SaveAt(subs=subs, dense=True),
     )
     at_ts, at_steps = sol.ys  # pyright: ignore[reportGeneralTypeIssues]
@@ -198,13 +242,25 @@ def test_unsafe_brownian_path_with_forward_mode_agrees_with_solve():
     path = diffrax.UnsafeBrownianPath(shape=(3,), key=jax.random.key(11))
     key = jax.random.key(0)
     expected = mlem_jax.solve(
-        LEVELS, Y0, 0.0, 1.0, 16, probabilities=PROBABILITIES, key=key,
-        diffusion=diffusion, brownian=path,
+        LEVELS,
+        Y0,
+        0.0,
+        1.0,
+        16,
+        probabilities=PROBABILITIES,
+        key=key,
+        diffusion=diffusion,
+        brownian=path,
     )
     # diffrax refuses RecursiveCheckpointAdjoint (the default) with this path.
     sol = diffrax.diffeqsolve(
-        sde_terms(LEVELS, PROBABILITIES, path), mlem_jax.MLEM(key),
-        0.0, 1.0, 1 / 16, Y0, adjoint=diffrax.ForwardMode(),
+        sde_terms(LEVELS, PROBABILITIES, path),
+        mlem_jax.MLEM(key),
+        0.0,
+        1.0,
+        1 / 16,
+        Y0,
+        adjoint=diffrax.ForwardMode(),
         saveat=diffrax.SaveAt(t1=True, solver_state=True),
     )
     assert_close(final(sol), expected.ys)
@@ -219,9 +275,7 @@ def test_jit_with_traced_key_and_time_agrees_with_solve():
         return diffrax.diffeqsolve(term, mlem_jax.MLEM(key), 0.0, t1, t1 / 16, Y0).ys
 
     key = jax.random.key(12)
-    expected = mlem_jax.solve(
-        LEVELS, Y0, 0.0, 1.0, 16, probabilities=PROBABILITIES, key=key
-    )
+    expected = mlem_jax.solve(LEVELS, Y0, 0.0, 1.0, 16, probabilities=PROBABILITIES, key=key)
     assert_close(run(key, 1.0)[-1], expected.ys)
 
 
@@ -231,15 +285,29 @@ def test_grad_agrees_with_grad_through_solve():
 
     def through_diffrax(rate):
         sol = diffrax.diffeqsolve(
-            sde_terms(levels, [1.0, 0.3], path), mlem_jax.MLEM(key),
-            0.0, 1.0, 1 / 16, Y0, args=rate, max_steps=16,
+            sde_terms(levels, [1.0, 0.3], path),
+            mlem_jax.MLEM(key),
+            0.0,
+            1.0,
+            1 / 16,
+            Y0,
+            args=rate,
+            max_steps=16,
         )
         return jnp.sum(sol.ys**2)
 
     def through_solve(rate):
         sol = mlem_jax.solve(
-            levels, Y0, 0.0, 1.0, 16, probabilities=[1.0, 0.3], key=key,
-            diffusion=diffusion, brownian=path, args=rate,
+            levels,
+            Y0,
+            0.0,
+            1.0,
+            16,
+            probabilities=[1.0, 0.3],
+            key=key,
+            diffusion=diffusion,
+            brownian=path,
+            args=rate,
         )
         return jnp.sum(sol.ys**2)
 
@@ -261,7 +329,12 @@ def test_vmap_with_unbatched_key_shares_draws_and_skips_the_top_level():
 
     def run(y0):
         return diffrax.diffeqsolve(
-            term, mlem_jax.MLEM(jax.random.key(3)), 0.0, 1.0, 1 / 200, y0,
+            term,
+            mlem_jax.MLEM(jax.random.key(3)),
+            0.0,
+            1.0,
+            1 / 200,
+            y0,
             saveat=diffrax.SaveAt(t1=True, solver_state=True),
         )
 
@@ -290,7 +363,13 @@ def test_continuing_from_the_saved_solver_state_continues_the_draws():
     save = diffrax.SaveAt(t1=True, solver_state=True)
     first = diffrax.diffeqsolve(term, mlem_jax.MLEM(key), 0.0, 0.5, 1 / 16, Y0, saveat=save)
     second = diffrax.diffeqsolve(
-        term, mlem_jax.MLEM(key), 0.5, 1.0, 1 / 16, first.ys[-1], saveat=save,
+        term,
+        mlem_jax.MLEM(key),
+        0.5,
+        1.0,
+        1 / 16,
+        first.ys[-1],
+        saveat=save,
         solver_state=first.solver_state,
     )
     whole = mlem_jax.solve(LEVELS, Y0, 0.0, 1.0, 16, probabilities=PROBABILITIES, key=key)
@@ -313,8 +392,10 @@ def test_progress_meter(capfd):
 def test_no_error_estimate_and_honest_orders_as_diffrax_solvers_state_them():
     path = brownian_tree(jax.random.key(1), 0.0, 1.0, (3,))
     solver = mlem_jax.MLEM(jax.random.key(0))
-    for terms in (mlem_jax.MultilevelTerm(LEVELS, PROBABILITIES),
-                  sde_terms(LEVELS, PROBABILITIES, path)):
+    for terms in (
+        mlem_jax.MultilevelTerm(LEVELS, PROBABILITIES),
+        sde_terms(LEVELS, PROBABILITIES, path),
+    ):
         assert solver.order(terms) is None and solver.error_order(terms) is None
         assert solver.strong_order(terms) == 0.5
         state = solver.init(terms, 0.0, 0.1, Y0, None)
@@ -327,11 +408,20 @@ def test_no_error_estimate_and_honest_orders_as_diffrax_solvers_state_them():
 def test_adaptive_step_sizes_are_refused(error_order):
     path = brownian_tree(jax.random.key(1), 0.0, 1.0, (3,))
     controller = diffrax.PIDController(rtol=1e-3, atol=1e-3, error_order=error_order)
-    for terms in (mlem_jax.MultilevelTerm(LEVELS, PROBABILITIES),
-                  sde_terms(LEVELS, PROBABILITIES, path)):
+    for terms in (
+        mlem_jax.MultilevelTerm(LEVELS, PROBABILITIES),
+        sde_terms(LEVELS, PROBABILITIES, path),
+    ):
         with pytest.raises(RuntimeError, match="solver that does not provide error estimates"):
-            diffrax.diffeqsolve(terms, mlem_jax.MLEM(jax.random.key(0)), 0.0, 1.0, 0.1, Y0,
-                                stepsize_controller=controller)
+            diffrax.diffeqsolve(
+                terms,
+                mlem_jax.MLEM(jax.random.key(0)),
+                0.0,
+                1.0,
+                0.1,
+                Y0,
+                stepsize_controller=controller,
+            )
 
 
 def test_diffrax_private_names_are_where_mlem_looks():
@@ -358,8 +448,14 @@ def test_a_moved_private_name_is_reported_with_the_diffrax_version(monkeypatch):
     with pytest.raises(ImportError, match=f"diffrax {diffrax.__version__} does not have"):
         wrapper_terms()
     with pytest.raises(ImportError, match="`mlem_jax.MLEM` needs `WrapTerm`"):
-        diffrax.diffeqsolve(mlem_jax.MultilevelTerm(LEVELS, PROBABILITIES),
-                            mlem_jax.MLEM(jax.random.key(0)), 0.0, 1.0, 0.5, Y0)
+        diffrax.diffeqsolve(
+            mlem_jax.MultilevelTerm(LEVELS, PROBABILITIES),
+            mlem_jax.MLEM(jax.random.key(0)),
+            0.0,
+            1.0,
+            0.5,
+            Y0,
+        )
 
 
 def test_terms_without_exactly_one_multilevel_term_are_refused():
@@ -367,8 +463,11 @@ def test_terms_without_exactly_one_multilevel_term_are_refused():
     noise = diffrax.ControlTerm(diagonal_diffusion, path)
     multilevel = mlem_jax.MultilevelTerm(LEVELS, PROBABILITIES)
     solver = mlem_jax.MLEM(jax.random.key(0))
-    for terms in (diffrax.ODETerm(drift), diffrax.MultiTerm(diffrax.ODETerm(drift), noise),
-                  diffrax.MultiTerm(multilevel, multilevel)):
+    for terms in (
+        diffrax.ODETerm(drift),
+        diffrax.MultiTerm(diffrax.ODETerm(drift), noise),
+        diffrax.MultiTerm(multilevel, multilevel),
+    ):
         with pytest.raises(TypeError, match=r"exactly one `mlem_jax.MultilevelTerm`"):
             diffrax.diffeqsolve(terms, solver, 0.0, 1.0, 0.1, Y0)
 
@@ -414,7 +513,12 @@ def test_backsolve_adjoint_is_refused():
 
     def loss(y0):
         sol = diffrax.diffeqsolve(
-            term, mlem_jax.MLEM(jax.random.key(0)), 0.0, 1.0, 0.1, y0,
+            term,
+            mlem_jax.MLEM(jax.random.key(0)),
+            0.0,
+            1.0,
+            0.1,
+            y0,
             adjoint=diffrax.BacksolveAdjoint(),
         )
         return jnp.sum(jnp.asarray(sol.ys))

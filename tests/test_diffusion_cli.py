@@ -39,8 +39,9 @@ def test_help_of_each_command(command, capsys):
 
 
 def test_console_script_lists_the_commands():
-    done = subprocess.run([sys.executable, "-m", "mlem_jax.cli", "--help"],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "mlem_jax.cli", "--help"], capture_output=True, text=True, check=True
+    )
     assert all(command in done.stdout for command in COMMANDS)
 
 
@@ -48,9 +49,14 @@ def test_console_script_lists_the_commands():
 def checkpoints(tmp_path):
     for model in tiny_unets():
         save_model(tmp_path / f"unet_w{model.width}", model, image_shape=list(IMAGE_SHAPE))
-    calibration = {"kind": "sde", "flops": [1e4, 4e4], "variances": [1.0], "gamma": None,
-                   "profile": {"edges": [1e-3, 1.0], "variances": [[1.0]], "counts": [1]},
-                   "sensitivity": {"times": [1e-3, 1.0], "gains": [1.0, 1.0]}}
+    calibration = {
+        "kind": "sde",
+        "flops": [1e4, 4e4],
+        "variances": [1.0],
+        "gamma": None,
+        "profile": {"edges": [1e-3, 1.0], "variances": [[1.0]], "counts": [1]},
+        "sensitivity": {"times": [1e-3, 1.0], "gains": [1.0, 1.0]},
+    }
     (tmp_path / "calibration.json").write_text(json.dumps({"sde": calibration}))
     return tmp_path
 
@@ -68,18 +74,35 @@ def test_bad_arguments_give_one_clear_line(capsys, tmp_path, checkpoints):
     _one_line_error(capsys, ["sample", "--steps", "0"], "expected a positive integer")
     _one_line_error(capsys, ["sample", "--method", "heun"], "invalid choice: 'heun'")
     _one_line_error(capsys, ["sample", "--out", "x.jpg"], "--out must end in .png or .npz")
-    _one_line_error(capsys, ["sample", "--checkpoints", str(tmp_path / "none")],
-                    "no UNet checkpoints")
-    _one_line_error(capsys, ["sample", "--checkpoints", str(checkpoints), "--count", "3",
-                             "--groups", "2"], "--groups must divide --count 3, got 2")
+    _one_line_error(
+        capsys, ["sample", "--checkpoints", str(tmp_path / "none")], "no UNet checkpoints"
+    )
+    _one_line_error(
+        capsys,
+        ["sample", "--checkpoints", str(checkpoints), "--count", "3", "--groups", "2"],
+        "--groups must divide --count 3, got 2",
+    )
     (checkpoints / "unet_w2.eqx").write_bytes(b"garbage")
     _one_line_error(capsys, ["sample", "--checkpoints", str(checkpoints)], "corrupted")
 
 
 def test_tiny_sample_run(checkpoints, tmp_path, capsys):
     out = tmp_path / "s.npz"
-    argv = ["sample", "--checkpoints", str(checkpoints), "--method", "mlem", "--steps", "4",
-            "--count", "3", "--seed", "1", "--out", str(out)]
+    argv = [
+        "sample",
+        "--checkpoints",
+        str(checkpoints),
+        "--method",
+        "mlem",
+        "--steps",
+        "4",
+        "--count",
+        "3",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     samples = np.load(out)["samples"]
     assert samples.shape == (3, *IMAGE_SHAPE) and np.isfinite(samples).all()
@@ -92,18 +115,29 @@ def test_tiny_sample_run(checkpoints, tmp_path, capsys):
     # --calibration: another file's FLOPs (EM: 4 steps of 4e9 per image). (A file
     # without a profile would be measured again on the spot.)
     other = tmp_path / "other.json"
-    other.write_text(json.dumps({"sde": {"kind": "sde", "flops": [1e9, 4e9],
-                                         "variances": [1.0], "gamma": None, "profile": {}}}))
+    other.write_text(
+        json.dumps(
+            {
+                "sde": {
+                    "kind": "sde",
+                    "flops": [1e9, 4e9],
+                    "variances": [1.0],
+                    "gamma": None,
+                    "profile": {},
+                }
+            }
+        )
+    )
     assert main(argv[:4] + ["em", *argv[5:], "--calibration", str(other)]) == 0
     assert "16.000 GFLOP/image" in capsys.readouterr().out
 
 
-def test_levels_without_a_calibration_file_are_calibrated_on_the_spot(checkpoints,
-                                                                     monkeypatch):
+def test_levels_without_a_calibration_file_are_calibrated_on_the_spot(checkpoints, monkeypatch):
     measured = {"flops": [1.0, 4.0], "variances": [1.0], "profile": {}}
     calls = []
-    monkeypatch.setattr(demo, "calibrate",
-                        lambda levels, *a, **k: calls.append(len(levels)) or measured)
+    monkeypatch.setattr(
+        demo, "calibrate", lambda levels, *a, **k: calls.append(len(levels)) or measured
+    )
     demo.prepare(checkpoints)  # the file's calibration
     assert calls == []
     (checkpoints / "calibration.json").unlink()
@@ -121,11 +155,30 @@ def test_tiny_demo_run(checkpoints, tmp_path, capsys):
     """`demo --quick` on tiny UNets: its table, the samples side by side and the
     frontier."""
     out = tmp_path / "out"
-    assert main(["demo", "--checkpoints", str(checkpoints), "--count", "2", "--quick",
-                 "--out-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--checkpoints",
+                str(checkpoints),
+                "--count",
+                "2",
+                "--quick",
+                "--out-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
-    for method in ("EM, largest UNet, 4 steps", "ML-EM, 8 steps, m=2", "ML-EM p(t)",
-                   "ML-EM stratified", "T-Stitch", "cost-error frontier"):
+    for method in (
+        "EM, largest UNet, 4 steps",
+        "ML-EM, 8 steps, m=2",
+        "ML-EM p(t)",
+        "ML-EM stratified",
+        "T-Stitch",
+        "cost-error frontier",
+    ):
         assert method in printed
     assert sorted(p.name for p in out.iterdir()) == ["demo_frontier.png", "demo_samples.png"]
     width, height = _png_size(out / "demo_samples.png")
@@ -137,8 +190,7 @@ def test_sample_panels_show_8x8_images_at_a_readable_size(tmp_path):
     """The demo's 64 images per method: an 8x8 grid of 32x32 images, each shown at 50
     pixels or more."""
     images = np.zeros((64, 1, 32, 32), np.float32)
-    path = sample_panels(tmp_path / "panels.png", [images, images], ["EM", "ML-EM"],
-                         columns=2)
+    path = sample_panels(tmp_path / "panels.png", [images, images], ["EM", "ML-EM"], columns=2)
     width, height = _png_size(path)
     assert width / 2 / 8 >= 50 and height >= 8 * 50
     with pytest.raises(ValueError, match="one title per panel"):
@@ -148,9 +200,11 @@ def test_sample_panels_show_8x8_images_at_a_readable_size(tmp_path):
 def test_the_diffusion_extra_is_named_when_missing(tmp_path):
     """Without the `diffusion` extra the core imports, `mlem_jax.diffusion` stops with one
     line naming the extra, and so do the diffusion commands (exit status 2)."""
-    hide = ("import importlib.util, sys; find = importlib.util.find_spec; "
-            "importlib.util.find_spec = lambda name, *a: None if name in ('optax', 'tqdm') "
-            "else find(name, *a); ")
+    hide = (
+        "import importlib.util, sys; find = importlib.util.find_spec; "
+        "importlib.util.find_spec = lambda name, *a: None if name in ('optax', 'tqdm') "
+        "else find(name, *a); "
+    )
     check = hide + textwrap.dedent("""
         import mlem_jax
         assert mlem_jax.solve and mlem_jax.__version__
@@ -161,37 +215,55 @@ def test_the_diffusion_extra_is_named_when_missing(tmp_path):
         from mlem_jax.cli import main
         sys.exit(main(["sample", "--out", sys.argv[1]]))
     """)
-    done = subprocess.run([sys.executable, "-c", check, str(tmp_path / "s.png")],
-                          capture_output=True, text=True)
-    message = ("`mlem_jax.diffusion` needs the `diffusion` extra, which provides optax, "
-               "tqdm: pip install 'mlem-jax[diffusion]'")
+    done = subprocess.run(
+        [sys.executable, "-c", check, str(tmp_path / "s.png")], capture_output=True, text=True
+    )
+    message = (
+        "`mlem_jax.diffusion` needs the `diffusion` extra, which provides optax, "
+        "tqdm: pip install 'mlem-jax[diffusion]'"
+    )
     assert done.stdout.strip() == message
     assert done.returncode == 2 and done.stderr.strip() == f"mlem-jax: error: {message}"
 
 
 def _files(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _tiny_shipped(folder: Path) -> None:
     for model in tiny_unets():
-        save_model(folder / f"unet_w{model.width}", model, image_shape=list(IMAGE_SHAPE),
-                   dataset="digits")
+        save_model(
+            folder / f"unet_w{model.width}", model, image_shape=list(IMAGE_SHAPE), dataset="digits"
+        )
     calibration = {"kind": "sde", "flops": [1e4, 4e4], "variances": [1.0], "gamma": None}
     (folder / "calibration.json").write_text(json.dumps({"sde": calibration}))
 
 
-WRITING_COMMANDS = [["calibrate", "--count", "1", "--steps", "2"],
-                    ["distill", "--steps", "1", "--batch-size", "2", "--quiet"],
-                    ["train", "--steps", "1", "--batch-size", "2", "--widths", "3",
-                     "--dataset", "digits", "--quiet"]]
+WRITING_COMMANDS = [
+    ["calibrate", "--count", "1", "--steps", "2"],
+    ["distill", "--steps", "1", "--batch-size", "2", "--quiet"],
+    [
+        "train",
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--widths",
+        "3",
+        "--dataset",
+        "digits",
+        "--quiet",
+    ],
+]
 
 
 def _check_outputs(made: dict, shipped: dict) -> None:
     """What calibrate and distill made in the user cache directory."""
-    assert {"calibration.json", "checkpoints/unet_w1.json", "checkpoints/unet_w2.eqx"
-            } <= set(made)
+    assert {"calibration.json", "checkpoints/unet_w1.json", "checkpoints/unet_w2.eqx"} <= set(made)
     # The teacher is copied as it is; the student is the distilled one.
     assert made["checkpoints/unet_w2.eqx"] == shipped["unet_w2.eqx"]
     assert made["checkpoints/unet_w1.json"] != shipped["unet_w1.json"]
@@ -214,13 +286,21 @@ def test_writing_commands_default_to_the_user_cache(tmp_path, monkeypatch, capsy
     cache = tmp_path / "cache" / "mlem-jax"
 
     def calibrate(levels, key, image_shape, **kw):
-        return {"kind": "sde", "flops": [1.0, 4.0], "seconds": [1.0, 2.0], "errors": [1.0, 0.0],
-                "variances": [1.0], "gamma": None, "gamma_seconds": None}
+        return {
+            "kind": "sde",
+            "flops": [1.0, 4.0],
+            "seconds": [1.0, 2.0],
+            "errors": [1.0, 0.0],
+            "variances": [1.0],
+            "gamma": None,
+            "gamma_seconds": None,
+        }
 
     def train(models, images, config, *, on_save, **kw):
         n = len(models)
-        state = TrainState(tuple(models), tuple(models), (), jnp.asarray(1),
-                           jnp.zeros(n), jnp.asarray(0.0))
+        state = TrainState(
+            tuple(models), tuple(models), (), jnp.asarray(1), jnp.zeros(n), jnp.asarray(0.0)
+        )
         on_save(state)
         return state
 
@@ -238,8 +318,10 @@ def test_writing_commands_default_to_the_user_cache(tmp_path, monkeypatch, capsy
         assert main(argv) == 0
     assert _files(shipped) == before
     _check_outputs(_files(cache), before)
-    assert json.loads((cache / "checkpoints" / "unet_w1.json").read_text())["objective"] == \
-        "distillation"
+    assert (
+        json.loads((cache / "checkpoints" / "unet_w1.json").read_text())["objective"]
+        == "distillation"
+    )
     assert trained == [cache / "checkpoints"]
     assert f"use it with --calibration {cache / 'calibration.json'}" in capsys.readouterr().out
 
@@ -251,22 +333,33 @@ def test_writing_commands_leave_the_installed_package_byte_identical(tmp_path):
     changes or appears, and what they make goes to the user cache directory."""
     site = tmp_path / "site"
     package = site / "mlem_jax"
-    shutil.copytree(Path(mlem_jax.__file__).parent, package,
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        Path(mlem_jax.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__")
+    )
     shipped = package / "diffusion" / "checkpoints"
     shutil.rmtree(shipped)
     _tiny_shipped(shipped)
     for path in package.rglob("*"):
         path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     before = _files(package)
-    script = ("import sys, mlem_jax; from mlem_jax.cli import main; "
-              f"assert mlem_jax.__file__.startswith({str(site)!r}), mlem_jax.__file__; "
-              f"sys.exit(max(main(argv) for argv in {WRITING_COMMANDS!r}))")
+    script = (
+        "import sys, mlem_jax; from mlem_jax.cli import main; "
+        f"assert mlem_jax.__file__.startswith({str(site)!r}), mlem_jax.__file__; "
+        f"sys.exit(max(main(argv) for argv in {WRITING_COMMANDS!r}))"
+    )
     cache = tmp_path / "cache"
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(site),
-                                          "XDG_CACHE_HOME": str(cache),
-                                          "JAX_PLATFORMS": "cpu"})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(site),
+            "XDG_CACHE_HOME": str(cache),
+            "JAX_PLATFORMS": "cpu",
+        },
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert _files(package) == before
     made = _files(cache / "mlem-jax")
@@ -279,9 +372,22 @@ def test_a_non_finite_sample_is_one_line_naming_the_step(checkpoints, tmp_path, 
     """The samplers run with throw=True: a UNet with a NaN weight stops `sample` with one
     line naming the step, its time and the levels evaluated there."""
     small, large = tiny_unets()
-    broken = jax.tree_util.tree_map(lambda x: x * np.nan if eqx.is_inexact_array(x) else x,
-                                    large)
+    broken = jax.tree_util.tree_map(lambda x: x * np.nan if eqx.is_inexact_array(x) else x, large)
     save_model(checkpoints / f"unet_w{large.width}", broken, image_shape=list(IMAGE_SHAPE))
-    _one_line_error(capsys, ["sample", "--checkpoints", str(checkpoints), "--method", "em",
-                             "--steps", "4", "--count", "2", "--out", str(tmp_path / "s.npz")],
-                    "throw=True: the state after step 0 (t = 1) is not finite")
+    _one_line_error(
+        capsys,
+        [
+            "sample",
+            "--checkpoints",
+            str(checkpoints),
+            "--method",
+            "em",
+            "--steps",
+            "4",
+            "--count",
+            "2",
+            "--out",
+            str(tmp_path / "s.npz"),
+        ],
+        "throw=True: the state after step 0 (t = 1) is not finite",
+    )

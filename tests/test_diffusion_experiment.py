@@ -13,16 +13,29 @@ from experiment_helpers import load_experiment, run_experiment
 def test_speedup_model_recovers_an_exact_error_model():
     calibration = {"flops": [1e6, 4e6, 16e6, 64e6], "variances": [400.0, 100.0, 25.0]}
     a, kappa, v = 200.0, 0.5, np.asarray(calibration["variances"])
-    points = [{"family": "em", "label": f"EM N={n}", "steps": n, "error": a / n}
-              for n in (16, 32, 64, 128)]
+    points = [
+        {"family": "em", "label": f"EM N={n}", "steps": n, "error": a / n}
+        for n in (16, 32, 64, 128)
+    ]
     for n in (64, 128):
         for m in (4.0, 16.0):
             p = np.asarray(probabilities_for(calibration, n, m))
             error = np.sqrt((a / n) ** 2 + kappa * np.sum(v * (1 / p[1:] - 1)) / n)
-            points.append({"family": "mlem", "label": f"ML-EM N={n} m={m:g}", "steps": n,
-                           "probabilities": p.tolist(), "error": float(error)})
-    result = {"calibration": calibration, "points": points, "target_error": a / 64,
-              "level_seconds": [1e-3, 2e-3, 4e-3, 8e-3]}
+            points.append(
+                {
+                    "family": "mlem",
+                    "label": f"ML-EM N={n} m={m:g}",
+                    "steps": n,
+                    "probabilities": p.tolist(),
+                    "error": float(error),
+                }
+            )
+    result = {
+        "calibration": calibration,
+        "points": points,
+        "target_error": a / 64,
+        "level_seconds": [1e-3, 2e-3, 4e-3, 8e-3],
+    }
     limits = load_experiment("diffusion").speedup_model(result)
     assert limits["em_fit"]["a"] == pytest.approx(a) and limits["em_fit"]["q"] == pytest.approx(1)
     assert limits["kappa"] == pytest.approx(kappa)
@@ -39,22 +52,42 @@ def test_speedup_model_recovers_an_exact_error_model():
     assert by_target[a / 64] == pytest.approx(flops[0])
 
 
-
 def test_stratified_reduction_compares_excess_variances_of_matching_runs():
     a = 100.0
-    points = [{"family": "em", "label": f"EM N={n}", "steps": n, "error": a / n}
-              for n in (16, 64)]
+    points = [{"family": "em", "label": f"EM N={n}", "steps": n, "error": a / n} for n in (16, 64)]
     for n, m, excess, reduction in ((16, 2, 40.0, 4.0), (64, 8, 9.0, 9.0)):
-        for family, tag, value in (("mlem", "", excess), ("mlem_s", " stratified",
-                                                           excess / reduction)):
-            points.append({"family": family, "label": f"ML-EM{tag} N={n} m={m}", "steps": n,
-                           "probabilities": [1.0, 0.5],
-                           "error": float(np.sqrt((a / n) ** 2 + value))})
-    points.append({"family": "mlem", "label": "ML-EM N=64 m=32", "steps": 64,
-                   "probabilities": [1.0, 0.5], "error": 3.0})
+        for family, tag, value in (
+            ("mlem", "", excess),
+            ("mlem_s", " stratified", excess / reduction),
+        ):
+            points.append(
+                {
+                    "family": family,
+                    "label": f"ML-EM{tag} N={n} m={m}",
+                    "steps": n,
+                    "probabilities": [1.0, 0.5],
+                    "error": float(np.sqrt((a / n) ** 2 + value)),
+                }
+            )
+    points.append(
+        {
+            "family": "mlem",
+            "label": "ML-EM N=64 m=32",
+            "steps": 64,
+            "probabilities": [1.0, 0.5],
+            "error": 3.0,
+        }
+    )
     for family, tag in (("mlem", ""), ("mlem_s", " stratified")):  # EM: nothing to compare
-        points.append({"family": family, "label": f"ML-EM{tag} N=64 m=64", "steps": 64,
-                       "probabilities": [1.0, 1.0], "error": a / 64})
+        points.append(
+            {
+                "family": family,
+                "label": f"ML-EM{tag} N=64 m=64",
+                "steps": 64,
+                "probabilities": [1.0, 1.0],
+                "error": a / 64,
+            }
+        )
     result = {"points": points, "limits": {"em_fit": {"a": a, "q": 1.0}}}
     got = load_experiment("diffusion").stratified_reduction(result)
     assert [(r["steps"], r["m"]) for r in got["rows"]] == [(16, "2"), (64, "8")]
@@ -68,15 +101,28 @@ def test_speedup_model_does_not_cost_the_levels_that_cancel():
     # predicted speedup is EM's 64 / 1.01 steps over 64, not 0.8 times that.
     calibration = {"flops": [1e6, 4e6], "variances": [1e6]}
     a, kappa = 200.0, 0.5
-    points = [{"family": "em", "label": f"EM N={n}", "steps": n, "error": a / n}
-              for n in (16, 32, 64, 128)]
+    points = [
+        {"family": "em", "label": f"EM N={n}", "steps": n, "error": a / n}
+        for n in (16, 32, 64, 128)
+    ]
     for m in (16.0, 32.0):
         p = np.asarray(probabilities_for(calibration, 64, m))
         error = np.sqrt((a / 64) ** 2 + kappa * 1e6 * (1 / p[1] - 1) / 64)
-        points.append({"family": "mlem", "label": f"ML-EM N=64 m={m:g}", "steps": 64,
-                       "probabilities": p.tolist(), "error": float(error)})
-    result = {"calibration": calibration, "points": points, "target_error": 1.01 * a / 64,
-              "level_seconds": [1e-3, 4e-3]}
+        points.append(
+            {
+                "family": "mlem",
+                "label": f"ML-EM N=64 m={m:g}",
+                "steps": 64,
+                "probabilities": p.tolist(),
+                "error": float(error),
+            }
+        )
+    result = {
+        "calibration": calibration,
+        "points": points,
+        "target_error": 1.01 * a / 64,
+        "level_seconds": [1e-3, 4e-3],
+    }
     limits = load_experiment("diffusion").speedup_model(result)
     assert limits["kappa"] == pytest.approx(kappa)
     assert limits["predicted"][0]["speedup_flops"] == pytest.approx(1 / 1.01)

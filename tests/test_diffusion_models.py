@@ -52,6 +52,7 @@ def test_unet_takes_one_image_and_checks_arguments():
 
 def _channels_first_unet(model, t, x):
     """The UNet's forward pass written with equinox's own (channel-first) layers."""
+
     def block(b, h, e):
         r = b.conv1(jax.nn.silu(b.norm1(h))) + b.time(e)[:, None, None]
         r = b.conv2(jax.nn.silu(b.norm2(r)))
@@ -78,8 +79,13 @@ def test_channel_last_unet_equals_equinox_channel_first_layers(width):
     # NumPy into the UNet's structure: no op-by-op initialisation.
     rng = np.random.default_rng(width)
     model = jax.tree_util.tree_map(
-        lambda s: jnp.asarray(rng.normal(0.0, 0.3, s.shape), s.dtype)
-        if isinstance(s, jax.ShapeDtypeStruct) else s, _shapes(width))
+        lambda s: (
+            jnp.asarray(rng.normal(0.0, 0.3, s.shape), s.dtype)
+            if isinstance(s, jax.ShapeDtypeStruct)
+            else s
+        ),
+        _shapes(width),
+    )
     # 16x16: both downsamplings and skip connections, at a quarter of 32x32's cost.
     x = jax.random.normal(jax.random.key(1), (1, 16, 16))
     t = jnp.array([1e-3, 0.4, 1.0])
@@ -92,8 +98,9 @@ def test_vp_sde_marginals():
     sde = VPSDE()
     t = jnp.array([1e-3, 0.5, 1.0])
     assert jnp.allclose(sde.alpha(t) ** 2 + sde.sigma(t) ** 2, 1.0, atol=1e-6)
-    assert sde.sigma(1e-3) == pytest.approx(np.sqrt(1 - np.exp(-(0.1e-3 + 0.5e-6 * 19.9))),
-                                            rel=1e-4)
+    assert sde.sigma(1e-3) == pytest.approx(
+        np.sqrt(1 - np.exp(-(0.1e-3 + 0.5e-6 * 19.9))), rel=1e-4
+    )
 
 
 @eqx.filter_jit
@@ -112,14 +119,23 @@ def test_training_lowers_the_loss_and_resumes_exactly(tmp_path):
         if int(state.step) == 12:
             shutil.copy(state_path, halfway)
 
-    straight = train([model], images, config, state_path=state_path, save_every=12,
-                     on_save=keep_halfway, progress=False)
+    straight = train(
+        [model],
+        images,
+        config,
+        state_path=state_path,
+        save_every=12,
+        on_save=keep_halfway,
+        progress=False,
+    )
     batch = jnp.asarray(images[:128])
     assert _mean_loss(straight.params[0], batch) < 0.8 * _mean_loss(model, batch)
     assert int(straight.step) == 24 and float(straight.seconds) > 0
     resumed = train([model], images, config, state_path=halfway, progress=False)
-    for a, b in zip(jax.tree_util.tree_leaves(eqx.filter(straight.ema, eqx.is_array)),
-                    jax.tree_util.tree_leaves(eqx.filter(resumed.ema, eqx.is_array))):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(eqx.filter(straight.ema, eqx.is_array)),
+        jax.tree_util.tree_leaves(eqx.filter(resumed.ema, eqx.is_array)),
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -134,8 +150,7 @@ def test_checkpoint_round_trip_and_manifest(tmp_path):
     save_model(tmp_path / "c", classifier)
     again, _ = load_model(tmp_path / "c")
     assert eqx.tree_equal(again, classifier)
-    assert not eqx.tree_equal(again, Classifier(2, image_size=8, features=4,
-                                                key=jax.random.key(3)))
+    assert not eqx.tree_equal(again, Classifier(2, image_size=8, features=4, key=jax.random.key(3)))
 
 
 def test_checkpoint_refuses_wrong_architecture_and_corruption(tmp_path):
@@ -173,9 +188,14 @@ def test_distillation_loss_is_the_squared_drift_gap_per_pixel():
     z = jax.random.normal(z_key, x0.shape)
     xt = sde.alpha(t)[:, None, None, None] * x0 + sde.sigma(t)[:, None, None, None] * z
     # Image by image: each at its own t, through the drifts that sampling uses.
-    gaps = eqx.filter_jit(jax.vmap(
-        lambda t, x: ScoreDrift(student, sde)(t, x[None], None)
-        - ScoreDrift(teacher, sde)(t, x[None], None)))(t, xt)
+    gaps = eqx.filter_jit(
+        jax.vmap(
+            lambda t, x: (
+                ScoreDrift(student, sde)(t, x[None], None)
+                - ScoreDrift(teacher, sde)(t, x[None], None)
+            )
+        )
+    )(t, xt)
     np.testing.assert_allclose(loss, jnp.mean(jnp.square(gaps)), rtol=1e-5)
     assert eqx.filter_jit(distillation_loss)(teacher, teacher, sde, x0, key) == 0.0
 
@@ -184,8 +204,9 @@ def test_distilling_levels_brings_them_to_the_teacher(tmp_path):
     images = load_digits("train").images
     student, teacher = tiny_unets()
     for model in (student, teacher):
-        save_model(tmp_path / f"unet_w{model.width}", model, dataset="digits", steps=3,
-                   final_loss=1.0)
+        save_model(
+            tmp_path / f"unet_w{model.width}", model, dataset="digits", steps=3, final_loss=1.0
+        )
     with pytest.raises(ValueError, match="at least two levels"):
         (tmp_path / "one").mkdir()
         shutil.copy(tmp_path / "unet_w2.eqx", tmp_path / "one")
@@ -196,8 +217,9 @@ def test_distilling_levels_brings_them_to_the_teacher(tmp_path):
     (distilled, unchanged), manifests = load_levels(tmp_path)
     assert eqx.tree_equal(unchanged, teacher)
     batch, keys = jnp.asarray(images[:128]), jax.random.split(jax.random.key(9), 4)
-    gap = eqx.filter_jit(lambda m: jax.vmap(
-        lambda k: distillation_loss(m, teacher, VPSDE(), batch, k))(keys).mean())
+    gap = eqx.filter_jit(
+        lambda m: jax.vmap(lambda k: distillation_loss(m, teacher, VPSDE(), batch, k))(keys).mean()
+    )
     assert gap(distilled) < 0.8 * gap(student)
     assert manifests[0]["objective"] == "distillation" and manifests[0]["steps"] == 30
     assert manifests[0]["teacher"] == {"width": 2, "sha256": manifests[1]["sha256"]}

@@ -8,14 +8,25 @@ from experiment_helpers import load_experiment, run_experiment
 
 
 def _point(family, label, fd, flops, seconds):
-    return {"family": family, "label": label, "fd": fd, "fd_standard_error": 1.0,
-            "flops": flops, "seconds": seconds}
+    return {
+        "family": family,
+        "label": label,
+        "fd": fd,
+        "fd_standard_error": 1.0,
+        "flops": flops,
+        "seconds": seconds,
+    }
 
 
 def test_equal_quality_takes_the_cheapest_point_no_worse_than_em():
-    points = [_point("em", "EM N=16", 30.0, 16.0, 1.6), _point("em", "EM N=64", 10.0, 64.0, 6.4),
-              _point("mlem", "a", 29.0, 8.0, 4.0), _point("mlem", "b", 25.0, 4.0, 3.2),
-              _point("mlem", "c", 11.0, 32.0, 8.0), _point("tstitch", "d", 20.0, 12.0, 0.8)]
+    points = [
+        _point("em", "EM N=16", 30.0, 16.0, 1.6),
+        _point("em", "EM N=64", 10.0, 64.0, 6.4),
+        _point("mlem", "a", 29.0, 8.0, 4.0),
+        _point("mlem", "b", 25.0, 4.0, 3.2),
+        _point("mlem", "c", 11.0, 32.0, 8.0),
+        _point("tstitch", "d", 20.0, 12.0, 0.8),
+    ]
     rows = load_experiment("diffusion_quality").equal_quality(points)
     assert [row["em"] for row in rows] == ["EM N=16", "EM N=64"]
     coarse, fine = rows

@@ -64,13 +64,15 @@ def test_samplers_agree_where_they_must(kind="sde"):
     assert full.evaluations.tolist() == [0, STEPS]
     # T-Stitch switching after the last step is EM with the small level; before the
     # first, EM with the large one.
-    small = sample("em", score_levels(tiny_unets()[:1], kind),
-                   initial_noise(jax.random.key(1), 3, IMAGE_SHAPE), STEPS,
-                   brownian=grid_brownian_path(jax.random.key(2), (3, *IMAGE_SHAPE), 8, T_MIN))
-    np.testing.assert_allclose(_run("tstitch", kind, switch=0.0).ys, small.ys, rtol=1e-6,
-                               atol=1e-5)
-    np.testing.assert_allclose(_run("tstitch", kind, switch=1.0).ys, em.ys, rtol=1e-6,
-                               atol=1e-5)
+    small = sample(
+        "em",
+        score_levels(tiny_unets()[:1], kind),
+        initial_noise(jax.random.key(1), 3, IMAGE_SHAPE),
+        STEPS,
+        brownian=grid_brownian_path(jax.random.key(2), (3, *IMAGE_SHAPE), 8, T_MIN),
+    )
+    np.testing.assert_allclose(_run("tstitch", kind, switch=0.0).ys, small.ys, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(_run("tstitch", kind, switch=1.0).ys, em.ys, rtol=1e-6, atol=1e-5)
 
 
 def test_runner_skips_the_levels_that_cancel_and_accounts_them():
@@ -83,12 +85,12 @@ def test_runner_skips_the_levels_that_cancel_and_accounts_them():
     np.testing.assert_array_equal(skipped.samples, em.samples)
     assert skipped.evaluations.tolist() == [0, STEPS] and skipped.flops == em.flops == 16.0
     # The compiled sampler of p = (1, 1) is not reused for p = (1, 0.5), which needs both.
-    both = run_setting(setting._replace(probabilities=(1.0, 0.5)), levels, x1, path, key,
-                       flops, cache)
+    both = run_setting(
+        setting._replace(probabilities=(1.0, 0.5)), levels, x1, path, key, flops, cache
+    )
     assert both.evaluations[0] == STEPS and both.flops == STEPS + 4.0 * both.evaluations[1]
     # Other weights of the same shapes reuse the compiled sampler but run themselves.
-    scaled = jax.tree_util.tree_map(lambda x: 1.1 * x if eqx.is_inexact_array(x) else x,
-                                    levels)
+    scaled = jax.tree_util.tree_map(lambda x: 1.1 * x if eqx.is_inexact_array(x) else x, levels)
     cached = run_setting(setting, scaled, x1, path, key, flops, cache)
     assert len(cache) == 3
     fresh = run_setting(setting, scaled, x1, path, key, flops)
@@ -118,8 +120,9 @@ def test_reverse_drifts_of_a_standard_gaussian():
 def test_grid_brownian_path_is_shared_across_step_counts():
     path = grid_brownian_path(jax.random.key(0), (5,), 8, T_MIN)
     coarse = path.evaluate(1.0, 1.0 + 0.5 * (T_MIN - 1.0))
-    fine = sum(path.evaluate(1.0 + k * (T_MIN - 1) / 8, 1.0 + (k + 1) * (T_MIN - 1) / 8)
-               for k in range(4))
+    fine = sum(
+        path.evaluate(1.0 + k * (T_MIN - 1) / 8, 1.0 + (k + 1) * (T_MIN - 1) / 8) for k in range(4)
+    )
     np.testing.assert_allclose(coarse, fine, atol=1e-6)
     assert jnp.allclose(path.evaluate(T_MIN), 0.0)
     big = grid_brownian_path(jax.random.key(1), (20000,), 4, 0.0, 1.0)

@@ -35,16 +35,40 @@ def _tiny_checkpoints(directory) -> None:
         save_model(directory / level_name(model.width), model, image_shape=list(IMAGE_SHAPE))
 
 
-def _launcher(process_id: int, port: int, checkpoints: str, out: str, local_devices: int
-              ) -> list[str]:
+def _launcher(
+    process_id: int, port: int, checkpoints: str, out: str, local_devices: int
+) -> list[str]:
     return [
-        sys.executable, "-m", "mlem_jax.cli", "distributed-sample",
-        "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-        "--process-id", str(process_id), "--local-devices", str(local_devices),
-        "--timeout", "60", "--checkpoints", checkpoints, "--count", str(RUN["count"]),
-        "--steps", str(RUN["steps"]), "--method", "mlem",
-        "--probabilities", ",".join(map(str, RUN["probabilities"])), "--draws", RUN["draws"],
-        "--seed", str(RUN["seed"]), "--out", out,
+        sys.executable,
+        "-m",
+        "mlem_jax.cli",
+        "distributed-sample",
+        "--coordinator",
+        f"127.0.0.1:{port}",
+        "--num-processes",
+        "2",
+        "--process-id",
+        str(process_id),
+        "--local-devices",
+        str(local_devices),
+        "--timeout",
+        "60",
+        "--checkpoints",
+        checkpoints,
+        "--count",
+        str(RUN["count"]),
+        "--steps",
+        str(RUN["steps"]),
+        "--method",
+        "mlem",
+        "--probabilities",
+        ",".join(map(str, RUN["probabilities"])),
+        "--draws",
+        RUN["draws"],
+        "--seed",
+        str(RUN["seed"]),
+        "--out",
+        out,
     ]
 
 
@@ -56,10 +80,15 @@ def _run_two_processes(tmp_path, local_devices: int) -> tuple[dict, list[str]]:
     processes = []
     try:
         for i in range(2):
-            processes.append(subprocess.Popen(
-                _launcher(i, port, str(tmp_path), out, local_devices), env=env,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            ))
+            processes.append(
+                subprocess.Popen(
+                    _launcher(i, port, str(tmp_path), out, local_devices),
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
         logs = [p.communicate(timeout=TIMEOUT)[0] for p in processes]
     finally:
         for p in processes:
@@ -79,8 +108,14 @@ def test_two_processes_equal_one_process(tmp_path):
     levels = score_levels(load_levels(tmp_path)[0])
     shape = IMAGE_SHAPE
     samples, evaluations = distributed.sample_sharded(
-        "mlem", levels, jax.random.key(RUN["seed"]), RUN["count"], shape, RUN["steps"],
-        probabilities=RUN["probabilities"], draws=RUN["draws"],
+        "mlem",
+        levels,
+        jax.random.key(RUN["seed"]),
+        RUN["count"],
+        shape,
+        RUN["steps"],
+        probabilities=RUN["probabilities"],
+        draws=RUN["draws"],
     )
     assert jax.device_count() == 1  # the reference is a plain single-device run
     assert gathered["samples"].shape == samples.shape == (RUN["count"], *shape)
@@ -98,10 +133,14 @@ def test_launcher_help_and_bad_arguments(capsys):
     cases = [
         (["--coordinator", "localhost", "--process-id", "0"], "--coordinator must be host:port"),
         (["--coordinator", "127.0.0.1:1", "--process-id", "2"], "--process-id must be in [0, 2)"),
-        (["--coordinator", "127.0.0.1:1", "--process-id", "0", "--count", "3"],
-         "--count must be a multiple of the 2 devices"),
-        (["--coordinator", "127.0.0.1:1", "--process-id", "0", "--out", "x.png"],
-         "--out must end in .npz"),
+        (
+            ["--coordinator", "127.0.0.1:1", "--process-id", "0", "--count", "3"],
+            "--count must be a multiple of the 2 devices",
+        ),
+        (
+            ["--coordinator", "127.0.0.1:1", "--process-id", "0", "--out", "x.png"],
+            "--out must end in .npz",
+        ),
     ]
     for extra, message in cases:
         assert main(base + extra) == 2

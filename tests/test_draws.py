@@ -41,9 +41,11 @@ def test_stratified_draws_spread_each_level_evenly(coupling):
     steps = jnp.arange(64)
     for seed in range(8):
         key = jax.random.key(seed)
-        drawn = np.asarray(jax.vmap(
-            lambda n: mlem_jax.draw_levels(key, P, coupling, step=n, draws="stratified")
-        )(steps))
+        drawn = np.asarray(
+            jax.vmap(lambda n: mlem_jax.draw_levels(key, P, coupling, step=n, draws="stratified"))(
+                steps
+            )
+        )
         if coupling == "nested":
             assert np.all(drawn[:, 1:] <= drawn[:, :-1])
         for k in range(1, 7):
@@ -69,9 +71,20 @@ def randomisation_order(draws: str) -> float:
     errors = []
     for n in steps:
         em = mlem_jax.solve(LEVELS[-1:], y0, 0.0, 1.0, n).ys
-        ys = jax.vmap(lambda key: mlem_jax.solve(
-            LEVELS, y0, 0.0, 1.0, n, probabilities=[1.0, 0.5, 0.25], key=key, draws=draws,
-        ).ys)(keys)
+        ys = jax.vmap(
+            lambda key: (
+                mlem_jax.solve(
+                    LEVELS,
+                    y0,
+                    0.0,
+                    1.0,
+                    n,
+                    probabilities=[1.0, 0.5, 0.25],
+                    key=key,
+                    draws=draws,
+                ).ys
+            )
+        )(keys)
         errors.append(float(jnp.sqrt(jnp.mean(jnp.sum((ys - em) ** 2, axis=-1)))))
     return float(np.polyfit(np.log(steps), np.log(errors), 1)[0])
 

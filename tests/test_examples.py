@@ -19,9 +19,14 @@ EXAMPLES = {
 
 def test_the_pages_have_examples():
     pages = {name.split(":")[0] for name in EXAMPLES}
-    assert {"README.md", "docs/how-to/from-diffrax.md", "docs/how-to/probabilities.md",
-            "docs/how-to/score-models.md", "docs/how-to/strong-error.md",
-            "docs/how-to/sharding.md"} <= pages
+    assert {
+        "README.md",
+        "docs/how-to/from-diffrax.md",
+        "docs/how-to/probabilities.md",
+        "docs/how-to/score-models.md",
+        "docs/how-to/strong-error.md",
+        "docs/how-to/sharding.md",
+    } <= pages
 
 
 @pytest.mark.parametrize("name", EXAMPLES)

@@ -44,10 +44,20 @@ P = jnp.array([1.0, 0.6, 0.3, 0.1])
 
 
 def run(levels, probabilities=P, coupling="nested", draws="random", steps=64, **kwargs):
-    return mlem_jax.solve(levels, Y0, 0.0, 1.0, steps, probabilities=probabilities,
-                          key=jax.random.key(1), diffusion=lambda t, y, a: 0.3,
-                          brownian=jax.random.key(2), coupling=coupling, draws=draws,
-                          **kwargs)
+    return mlem_jax.solve(
+        levels,
+        Y0,
+        0.0,
+        1.0,
+        steps,
+        probabilities=probabilities,
+        key=jax.random.key(1),
+        diffusion=lambda t, y, a: 0.3,
+        brownian=jax.random.key(2),
+        coupling=coupling,
+        draws=draws,
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("coupling", ["nested", "independent"])
@@ -86,8 +96,13 @@ def test_vmapped_family_still_skips():
     calls = []
     shared = family(calls)
     y0s = jax.random.normal(jax.random.key(3), (16, 3))
-    paths = jax.vmap(lambda y: mlem_jax.solve(
-        shared, y, 0.0, 1.0, 32, probabilities=P, key=jax.random.key(1)).evaluations)(y0s)
+    paths = jax.vmap(
+        lambda y: (
+            mlem_jax.solve(
+                shared, y, 0.0, 1.0, 32, probabilities=P, key=jax.random.key(1)
+            ).evaluations
+        )
+    )(y0s)
     assert len(calls) == 32  # one pass per step for the whole batch
     assert int(paths[0, -1]) == int((np.asarray(calls) == 4).sum()) < 32
 
@@ -95,8 +110,9 @@ def test_vmapped_family_still_skips():
 def test_every_probability_one_is_em_on_the_top_level_exactly():
     shared = family()
     mlem = run(shared, probabilities=jnp.ones(4))
-    em = mlem_jax.solve(shared[-1:], Y0, 0.0, 1.0, 64, diffusion=lambda t, y, a: 0.3,
-                        brownian=jax.random.key(2))
+    em = mlem_jax.solve(
+        shared[-1:], Y0, 0.0, 1.0, 64, diffusion=lambda t, y, a: 0.3, brownian=jax.random.key(2)
+    )
     np.testing.assert_array_equal(mlem.ys, em.ys)
     np.testing.assert_array_equal(mlem.evaluations, [64, 64, 64, 64])
 
@@ -113,13 +129,28 @@ def test_levels_that_cancel_leave_the_estimate_unchanged():
 def test_diffrax_mlem_takes_the_same_steps_as_solve():
     shared = family()
     path = diffrax.VirtualBrownianTree(0.0, 1.0, tol=1e-3, shape=(3,), key=jax.random.key(5))
-    noise = diffrax.ControlTerm(lambda t, y, a: lx.DiagonalLinearOperator(0.3 * jnp.ones(3)),
-                                path)
+    noise = diffrax.ControlTerm(lambda t, y, a: lx.DiagonalLinearOperator(0.3 * jnp.ones(3)), path)
     terms = diffrax.MultiTerm(mlem_jax.MultilevelTerm(shared, P), noise)
-    sol = diffrax.diffeqsolve(terms, mlem_jax.MLEM(jax.random.key(1)), 0.0, 1.0, 1 / 32, Y0,
-                              saveat=diffrax.SaveAt(t1=True, solver_state=True))
-    ours = mlem_jax.solve(shared, Y0, 0.0, 1.0, 32, probabilities=P, key=jax.random.key(1),
-                          diffusion=lambda t, y, a: 0.3 * jnp.ones(3), brownian=path)
+    sol = diffrax.diffeqsolve(
+        terms,
+        mlem_jax.MLEM(jax.random.key(1)),
+        0.0,
+        1.0,
+        1 / 32,
+        Y0,
+        saveat=diffrax.SaveAt(t1=True, solver_state=True),
+    )
+    ours = mlem_jax.solve(
+        shared,
+        Y0,
+        0.0,
+        1.0,
+        32,
+        probabilities=P,
+        key=jax.random.key(1),
+        diffusion=lambda t, y, a: 0.3 * jnp.ones(3),
+        brownian=path,
+    )
     np.testing.assert_allclose(sol.ys[-1], ours.ys, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(mlem_jax.evaluations(sol), ours.evaluations)
 
@@ -135,8 +166,7 @@ def test_diffrax_mlem_in_reverse_time_sees_the_users_time():
 def test_indexing_and_errors():
     shared = family()
     assert len(shared) == 4 and shared[-1].index == 3 and len(shared[1:3]) == 2
-    np.testing.assert_allclose(shared[2](0.1, Y0, None),
-                               shared.evaluate(0.1, Y0, None, 4)[2])
+    np.testing.assert_allclose(shared[2](0.1, Y0, None), shared.evaluate(0.1, Y0, None, 4)[2])
     with pytest.raises(IndexError, match="level index 4 out of range for 4 levels"):
         shared[4]
     with pytest.raises(ValueError, match="`levels` must hold at least one level"):
@@ -145,12 +175,12 @@ def test_indexing_and_errors():
 
 def test_shared_costs_give_marginal_correction_costs():
     cumulative = [1.0, 3.0, 9.0, 27.0]
-    np.testing.assert_allclose(mlem_jax.correction_costs(cumulative, shared=True),
-                               [2.0, 6.0, 18.0])
+    np.testing.assert_allclose(mlem_jax.correction_costs(cumulative, shared=True), [2.0, 6.0, 18.0])
     np.testing.assert_allclose(mlem_jax.marginal_costs(cumulative), [1.0, 2.0, 6.0, 18.0])
     v = [4.0, 1.0, 0.25]
-    p = mlem_jax.optimal_probabilities(cumulative, v, top_level_evaluations=4, num_steps=64,
-                                       shared=True)
+    p = mlem_jax.optimal_probabilities(
+        cumulative, v, top_level_evaluations=4, num_steps=64, shared=True
+    )
     shape = np.sqrt(np.asarray(v) / [2.0, 6.0, 18.0])
     np.testing.assert_allclose(p[1:], np.minimum(1, shape * (4 / 64) / shape[-1]))
     with pytest.raises(ValueError, match="needs coupling='nested', got 'independent'"):
@@ -164,8 +194,9 @@ def test_truncated_family_is_the_first_levels():
     low = shared.truncated(2)
     assert len(low) == 2
     np.testing.assert_allclose(low[-1](0.2, Y0, None), shared[1](0.2, Y0, None))
-    np.testing.assert_allclose(run(low, probabilities=P[:2]).ys,
-                               run(list(shared)[:2], probabilities=P[:2]).ys, rtol=1e-5)
+    np.testing.assert_allclose(
+        run(low, probabilities=P[:2]).ys, run(list(shared)[:2], probabilities=P[:2]).ys, rtol=1e-5
+    )
     assert low.calls is shared.calls  # attributes of the whole family
     with pytest.raises(ValueError, match=r"`num_levels` must be in 1..4, got 5"):
         shared.truncated(5)

@@ -41,16 +41,16 @@ def test_frontier_rejects_mismatched_or_nonpositive_inputs():
 
 
 def test_sampled_path_gives_the_tree_increments_for_every_dividing_step_count():
-    tree = diffrax.VirtualBrownianTree(0.0, 1.0, tol=2.0**-11, shape=(3,),
-                                       key=jax.random.key(0))
+    tree = diffrax.VirtualBrownianTree(0.0, 1.0, tol=2.0**-11, shape=(3,), key=jax.random.key(0))
     sampled = mlem_jax.sample_brownian_path(tree, 256)
     assert_close(sampled.evaluate(0.0), jnp.zeros(3))
     assert_close(sampled.evaluate(0.25, 0.75), tree.evaluate(0.25, 0.75))
     drift, noise = (lambda t, y, a: jnp.sin(y) - y), (lambda t, y, a: 0.7)
     for num_steps in (4, 32, 256):
         from_tree, from_samples = (
-            mlem_jax.solve([drift], jnp.ones(3), 0.0, 1.0, num_steps, diffusion=noise,
-                           brownian=path)
+            mlem_jax.solve(
+                [drift], jnp.ones(3), 0.0, 1.0, num_steps, diffusion=noise, brownian=path
+            )
             for path in (tree, sampled)
         )
         assert_close(from_samples.ys, from_tree.ys)

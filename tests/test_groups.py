@@ -8,6 +8,7 @@ import pytest
 
 import mlem_jax
 
+
 P, STEPS = 0.5, 64
 # f^1 = 0, f^2 = 1: the ODE's X_1 = X_0 + h sum_n B_n / p is all randomisation error,
 # with variance h^2 N (1 - p) / p = (1 - p) / (p N) per draw sequence.
@@ -17,9 +18,20 @@ VARIANCE = (1 - P) / (P * STEPS)
 
 def batch_means(groups, keys, batch=32):
     y0 = jnp.zeros((batch, 2))
-    return jax.jit(jax.vmap(lambda key: mlem_jax.solve(
-        LEVELS, y0, 0.0, 1.0, STEPS, probabilities=[1.0, P], key=key, groups=groups,
-    ).ys.mean()))(keys)
+    return jax.jit(
+        jax.vmap(
+            lambda key: mlem_jax.solve(
+                LEVELS,
+                y0,
+                0.0,
+                1.0,
+                STEPS,
+                probabilities=[1.0, P],
+                key=key,
+                groups=groups,
+            ).ys.mean()
+        )
+    )(keys)
 
 
 @pytest.mark.parametrize("groups", [1, 4, 16])
@@ -42,9 +54,16 @@ def test_groups_take_their_own_draws_and_still_skip():
         return -1.5 * y
 
     y0 = jnp.ones((8, 3))
-    run = lambda groups: mlem_jax.solve([lambda t, y, a: -y, top], y0, 0.0, 1.0, 200,
-                                        probabilities=[1.0, 0.05], key=jax.random.key(3),
-                                        groups=groups)
+    run = lambda groups: mlem_jax.solve(
+        [lambda t, y, a: -y, top],
+        y0,
+        0.0,
+        1.0,
+        200,
+        probabilities=[1.0, 0.05],
+        key=jax.random.key(3),
+        groups=groups,
+    )
     shared, grouped = run(1), run(4)
     jax.effects_barrier()
     # One group's evaluation is one call on its 2 paths: calls = G x the mean count.
@@ -54,9 +73,18 @@ def test_groups_take_their_own_draws_and_still_skip():
     assert len(np.unique(np.asarray(shared.ys), axis=0)) == 1
     assert len(np.unique(np.asarray(grouped.ys), axis=0)) == 4
     # One group is the shared draws.
-    np.testing.assert_array_equal(run(1).ys, mlem_jax.solve(
-        [lambda t, y, a: -y, top], y0, 0.0, 1.0, 200, probabilities=[1.0, 0.05],
-        key=jax.random.key(3)).ys)
+    np.testing.assert_array_equal(
+        run(1).ys,
+        mlem_jax.solve(
+            [lambda t, y, a: -y, top],
+            y0,
+            0.0,
+            1.0,
+            200,
+            probabilities=[1.0, 0.05],
+            key=jax.random.key(3),
+        ).ys,
+    )
 
 
 def test_bad_groups_are_refused():

@@ -46,9 +46,16 @@ def test_quick_run_writes_json_figure_and_table(quick):
     table = (out / "htmc_table.md").read_text()
     assert table.startswith("| gamma | measured gamma | EM slope")
     entry = gamma_entry(report, 3.0)
-    for key in ("gamma_nominal", "gamma_measured", "em_slope", "mlem_slope",
-                "speedup_flops_at_min_error", "speedup_wallclock_at_min_error",
-                "em_frontier", "mlem_frontier"):
+    for key in (
+        "gamma_nominal",
+        "gamma_measured",
+        "em_slope",
+        "mlem_slope",
+        "speedup_flops_at_min_error",
+        "speedup_wallclock_at_min_error",
+        "em_frontier",
+        "mlem_frontier",
+    ):
         assert key in entry
 
 
@@ -72,10 +79,12 @@ def test_quick_mlem_frontier_lies_below_em_at_small_error(quick):
     assert entry["flops"]["speedup_at_min_error"] > 1
     assert entry["flops"]["speedup_at_window_low"] > 1
     smallest = min(r["error"] for r in entry["em_frontier"])
-    cheapest_mlem_below = min(r["flops"] for r in entry["mlem_frontier"]
-                              if r["error"] <= 1.2 * smallest)
-    cheapest_em_below = min(r["flops"] for r in entry["em_frontier"]
-                            if r["error"] <= 1.2 * smallest)
+    cheapest_mlem_below = min(
+        r["flops"] for r in entry["mlem_frontier"] if r["error"] <= 1.2 * smallest
+    )
+    cheapest_em_below = min(
+        r["flops"] for r in entry["em_frontier"] if r["error"] <= 1.2 * smallest
+    )
     assert cheapest_mlem_below < cheapest_em_below
 
 

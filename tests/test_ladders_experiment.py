@@ -6,21 +6,36 @@ import pytest
 
 from experiment_helpers import load_experiment, run_experiment
 
+
 LADDERS = load_experiment("ladders")
 
 
 def em_run(level, steps, error, cost):
-    return {"method": "em", "level": level, "steps": steps, "error": error, "flops": cost,
-            "label": f"EM level {level + 1} N={steps}"}
+    return {
+        "method": "em",
+        "level": level,
+        "steps": steps,
+        "error": error,
+        "flops": cost,
+        "label": f"EM level {level + 1} N={steps}",
+    }
 
 
 def test_target_a_is_the_cheapest_em_within_the_slack_of_the_best():
-    em = [em_run(0, 16, 3.0, 16), em_run(0, 64, 2.0, 64), em_run(1, 16, 2.5, 64),
-          em_run(1, 64, 1.05, 256), em_run(1, 256, 1.0, 1024)]
+    em = [
+        em_run(0, 16, 3.0, 16),
+        em_run(0, 64, 2.0, 64),
+        em_run(1, 16, 2.5, 64),
+        em_run(1, 64, 1.05, 256),
+        em_run(1, 256, 1.0, 1024),
+    ]
     target, chosen = LADDERS.target_a(em, 1.1)
     assert (target, chosen["label"]) == (1.05, "EM level 2 N=64")
-    mlem = [{"error": 1.04, "flops": 50.0}, {"error": 1.2, "flops": 10.0},
-            {"error": 0.9, "flops": 80.0}]
+    mlem = [
+        {"error": 1.04, "flops": 50.0},
+        {"error": 1.2, "flops": 10.0},
+        {"error": 0.9, "flops": 80.0},
+    ]
     assert LADDERS.cheapest(mlem, target)["flops"] == 50.0
     assert LADDERS.cheapest(mlem, 0.5) is None
     rows = LADDERS.speedups_at([2.0, 1.05], em, {"mlem": mlem})
@@ -32,8 +47,15 @@ def test_target_a_is_the_cheapest_em_within_the_slack_of_the_best():
 def test_quick_run_writes_the_results_the_readme_reads(tmp_path):
     run_experiment("ladders", tmp_path, "--quick", timeout=1800)
     summary = json.loads((tmp_path / "ladders.json").read_text())
-    for key in ("gamma", "target_error", "speedup_flops", "speedup_wallclock", "quality",
-                "families", "depth"):
+    for key in (
+        "gamma",
+        "target_error",
+        "speedup_flops",
+        "speedup_wallclock",
+        "quality",
+        "families",
+        "depth",
+    ):
         assert key in summary
     assert set(summary["families"]) == set(LADDERS.FAMILIES)
     for row in summary["families"].values():

@@ -44,9 +44,7 @@ def test_independent_coupling_variance_matches_formula():
     n = 200_000
     estimates, _ = draws("independent", n, seed=1)
     values = [f(0.0, Y, None) for f in LEVELS]
-    expected = sum(
-        (1 / P[l] - 1) * (values[l] - values[l - 1]) ** 2 for l in range(1, len(LEVELS))
-    )
+    expected = sum((1 / P[l] - 1) * (values[l] - values[l - 1]) ** 2 for l in range(1, len(LEVELS)))
     # Relative standard error of a sample variance is about sqrt((kurtosis - 1) / n);
     # the estimate is a sum of scaled Bernoullis whose kurtosis is below 1 / p_min = 10.
     tolerance = 4 * np.sqrt(9 / n)
@@ -94,19 +92,19 @@ def test_needed_levels_leave_out_the_levels_that_cancel():
 
 
 @pytest.mark.parametrize("draws", ["random", "stratified"])
-@pytest.mark.parametrize("probabilities, skipped", [((1.0, 1.0, 0.5, 0.25), [0]),
-                                                    ((1.0, 0.5, 0.5, 0.2), [1])])
-def test_skipping_levels_that_cancel_changes_only_the_rounding(probabilities, skipped,
-                                                               draws):
+@pytest.mark.parametrize(
+    "probabilities, skipped", [((1.0, 1.0, 0.5, 0.25), [0]), ((1.0, 0.5, 0.5, 0.2), [1])]
+)
+def test_skipping_levels_that_cancel_changes_only_the_rounding(probabilities, skipped, draws):
     # The same draws with every level evaluated (needed given in full): the estimates
     # agree to rounding, and the skipped levels were never evaluated.
     def run(needed):
-        step = mlem_jax.build_step(LEVELS, jnp.array(probabilities), draws=draws,
-                                   needed=needed)
+        step = mlem_jax.build_step(LEVELS, jnp.array(probabilities), draws=draws, needed=needed)
 
         def body(state, _):
             state, info = step(jax.random.key(4), state, 0.0, 0.01, None, None)
             return state, info.drawn
+
         return jax.lax.scan(body, mlem_jax.init(Y, 4), None, length=64)
 
     (skipping, drawn), (full, drawn_full) = run(None), run(range(4))
@@ -114,8 +112,9 @@ def test_skipping_levels_that_cancel_changes_only_the_rounding(probabilities, sk
     np.testing.assert_array_equal(drawn, drawn_full)
     assert skipping.evaluations[np.array(skipped)].tolist() == [0]
     kept = [i for i in range(4) if i not in skipped]
-    np.testing.assert_array_equal(skipping.evaluations[np.array(kept)],
-                                  full.evaluations[np.array(kept)])
+    np.testing.assert_array_equal(
+        skipping.evaluations[np.array(kept)], full.evaluations[np.array(kept)]
+    )
     assert int(full.evaluations[skipped[0]]) > 0
     assert not np.array_equal(skipping.y, Y)
 
@@ -126,8 +125,13 @@ def test_needed_must_keep_the_levels_that_do_not_cancel():
     with pytest.raises(ValueError, match=r"`needed`.*0\.\.3"):
         mlem_jax.build_step(LEVELS, [1.0, 0.5, 0.5, 0.2], needed=[0, 2, 3, 4])
     # Traced probabilities are checked when the step runs.
-    step = jax.jit(lambda p: mlem_jax.build_step(LEVELS, p, needed=[2, 3])(
-        jax.random.key(0), mlem_jax.init(Y, 4), 0.0, 0.01, None, None)[0].y)
+    step = jax.jit(
+        lambda p: (
+            mlem_jax.build_step(LEVELS, p, needed=[2, 3])(
+                jax.random.key(0), mlem_jax.init(Y, 4), 0.0, 0.01, None, None
+            )[0].y
+        )
+    )
     assert np.isfinite(step(jnp.array([1.0, 1.0, 1.0, 0.5]))).all()
     with pytest.raises(Exception, match=r"`needed` skips levels \[0, 1\]"):
         step(jnp.array([1.0, 0.5, 0.5, 0.5])).block_until_ready()

@@ -34,13 +34,21 @@ def test_strong_order_one_for_additive_noise():
     def errors_for_path(key):
         path = diffrax.VirtualBrownianTree(0.0, T, tol=T / FINE / 4, shape=(), key=key)
         exact = exact_ou(x0, path)
-        return jnp.stack([
-            mlem_jax.solve(
-                [lambda t, y, a: -THETA * y], jnp.array(x0), 0.0, T, int(n),
-                diffusion=lambda t, y, a: SIGMA, brownian=path,
-            ).ys - exact
-            for n in step_counts
-        ])
+        return jnp.stack(
+            [
+                mlem_jax.solve(
+                    [lambda t, y, a: -THETA * y],
+                    jnp.array(x0),
+                    0.0,
+                    T,
+                    int(n),
+                    diffusion=lambda t, y, a: SIGMA,
+                    brownian=path,
+                ).ys
+                - exact
+                for n in step_counts
+            ]
+        )
 
     rms = np.sqrt(np.mean(np.asarray(jax.vmap(errors_for_path)(keys)) ** 2, axis=0))
     order, _ = np.polyfit(np.log(1.0 / step_counts), np.log(rms), 1)

@@ -73,8 +73,12 @@ def test_solve_in_bfloat16_stays_within_the_derived_bound(method):
     levels = _levels() if method == "mlem" else _levels()[1:]
     p = 0.3
     kw: dict[str, Any] = dict(
-        probabilities=[1.0, p] if method == "mlem" else None, key=jax.random.key(2),
-        diffusion=lambda t, y, args: 0.3, brownian=jax.random.key(3), saveat="steps")
+        probabilities=[1.0, p] if method == "mlem" else None,
+        key=jax.random.key(2),
+        diffusion=lambda t, y, args: 0.3,
+        brownian=jax.random.key(3),
+        saveat="steps",
+    )
     y0, steps = jnp.ones(DIM), 20
     exact = mlem_jax.solve(levels, y0, 0.0, 1.0, steps, **kw)
     low = mlem_jax.solve([mlem_jax.in_precision(f) for f in levels], y0, 0.0, 1.0, steps, **kw)
@@ -109,8 +113,9 @@ def test_unet_levels_compute_in_bfloat16_and_sample_in_float32():
     convolutions = [line for line in jaxpr.splitlines() if "conv_general_dilated" in line]
     assert convolutions and all("bf16[" in line.split("=")[0] for line in convolutions)
     assert low[1](0.5, x1, None).dtype == jnp.float32
-    kw: dict[str, Any] = dict(key=jax.random.key(3), brownian=jax.random.key(2),
-                              probabilities=(1.0, 0.5))
+    kw: dict[str, Any] = dict(
+        key=jax.random.key(3), brownian=jax.random.key(2), probabilities=(1.0, 0.5)
+    )
     ys = sample("mlem", low, x1, 4, **kw).ys  # pyright: ignore[reportArgumentType]
     assert ys.dtype == jnp.float32 and bool(jnp.isfinite(ys).all())
 
@@ -120,8 +125,10 @@ def test_drift_estimate_of_a_bfloat16_state_is_unbiased(coupling):
     """E[F] over the draws, enumerated exactly (no sampling error), is the top level to
     float32 accuracy for a bfloat16 state: dividing by p_l rounded to bfloat16
     (0.3 -> 0.30078) biased every correction by about 0.26%."""
-    values = [jax.random.normal(k, (DIM,)).astype(jnp.bfloat16)
-              for k in jax.random.split(jax.random.key(4), 3)]
+    values = [
+        jax.random.normal(k, (DIM,)).astype(jnp.bfloat16)
+        for k in jax.random.split(jax.random.key(4), 3)
+    ]
     levels = [lambda t, y, args, v=v: v for v in values]
     p = np.array([1.0, 0.3, 0.07])
     y = jnp.zeros(DIM, jnp.bfloat16)
@@ -134,13 +141,13 @@ def test_drift_estimate_of_a_bfloat16_state_is_unbiased(coupling):
             weight = p[top] - (p[top + 1] if top + 1 < len(p) else 0.0)
         else:
             weight = np.prod([q if b else 1 - q for q, b in zip(p[1:], drawn[1:])])
-        estimate, _ = mlem_jax.multilevel_drift(levels, jnp.asarray(p), jnp.array(drawn),
-                                                0.0, y, None, coupling)
+        estimate, _ = mlem_jax.multilevel_drift(
+            levels, jnp.asarray(p), jnp.array(drawn), 0.0, y, None, coupling
+        )
         estimate = np.asarray(estimate, np.float64)
         mean, scale = mean + weight * estimate, np.maximum(scale, np.abs(estimate))
     # A few float32 roundings of the largest value the estimate takes.
-    np.testing.assert_array_less(np.abs(mean - np.asarray(values[-1], np.float64)),
-                                 8 * U32 * scale)
+    np.testing.assert_array_less(np.abs(mean - np.asarray(values[-1], np.float64)), 8 * U32 * scale)
 
 
 def test_pytree_states_and_refusals():
@@ -164,5 +171,6 @@ def test_bfloat16_experiment_quick(tmp_path):
     for run in report["runs"]:
         assert run["same_draws"] and 0 < run["bfloat16_vs_float32"] < run["error_float32"]
     # One bf16 evaluation is off by a few unit roundoffs (2^-8) of the drift at t >= 0.1.
-    assert all(0 < e < 8 * U16 for p in report["level_errors"] if p["t"] >= 0.1
-               for e in p["levels"])
+    assert all(
+        0 < e < 8 * U16 for p in report["level_errors"] if p["t"] >= 0.1 for e in p["levels"]
+    )

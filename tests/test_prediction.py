@@ -36,9 +36,11 @@ def test_randomisation_variance_of_random_draws_is_that_of_the_final_state():
     # variance is (1/p - 1) / N, the formula with v_2 = 1 and kappa = 1.
     p, n, paths = 0.3, 64, 4000
     levels = [lambda t, y, a: jnp.zeros_like(y), lambda t, y, a: jnp.ones_like(y)]
-    final = jax.vmap(lambda k: mlem_jax.solve(levels, jnp.zeros(()), 0.0, 1.0, n,
-                                              probabilities=[1.0, p], key=k).ys)(
-        jax.random.split(jax.random.key(0), paths))
+    final = jax.vmap(
+        lambda k: (
+            mlem_jax.solve(levels, jnp.zeros(()), 0.0, 1.0, n, probabilities=[1.0, p], key=k).ys
+        )
+    )(jax.random.split(jax.random.key(0), paths))
     expected = mlem_jax.randomisation_variance([1.0], [1.0, p], n)
     assert expected == pytest.approx((1 / p - 1) / n)
     # The sample variance's relative standard error is about sqrt(2 / paths).
@@ -56,19 +58,21 @@ def test_predicted_runs_reach_the_target_and_cost_what_they_say():
     assert prediction.em_cost == prediction.em_steps * 16.0
     # ML-EM: its chosen run reaches the target and costs N sum_l p_l c_l.
     p, n = prediction.probabilities, prediction.mlem_steps
-    error = np.sqrt(em.error(2, n) ** 2
-                    + mlem_jax.randomisation_variance(variances, p, n))
+    error = np.sqrt(em.error(2, n) ** 2 + mlem_jax.randomisation_variance(variances, p, n))
     assert error <= target
     assert prediction.mlem_cost == pytest.approx(n * float(p @ costs))
     assert prediction.speedup == pytest.approx(prediction.em_cost / prediction.mlem_cost)
     assert prediction.speedup > 1
     # Larger corrections can only cost more; shared computation can only cost less.
     noisier = mlem_jax.predict_speedup(costs, 10 * variances, em, target, kappa=1.0)
-    shared = mlem_jax.predict_speedup(np.cumsum(costs), variances, em, target,
-                                      kappa=1.0, shared=True)
+    shared = mlem_jax.predict_speedup(
+        np.cumsum(costs), variances, em, target, kappa=1.0, shared=True
+    )
     assert noisier.speedup < prediction.speedup
-    assert shared.mlem_cost <= mlem_jax.predict_speedup(
-        np.cumsum(costs), variances, em, target, kappa=1.0).mlem_cost
+    assert (
+        shared.mlem_cost
+        <= mlem_jax.predict_speedup(np.cumsum(costs), variances, em, target, kappa=1.0).mlem_cost
+    )
 
 
 def test_unreachable_targets():

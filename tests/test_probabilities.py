@@ -13,9 +13,7 @@ VARIANCES = np.array([0.4, 0.1, 0.025])  # v_2..v_4
 
 
 def test_proportional_to_sqrt_v_over_c_with_top_level_knob():
-    p = mlem_jax.optimal_probabilities(
-        COSTS, VARIANCES, top_level_evaluations=3, num_steps=300
-    )
+    p = mlem_jax.optimal_probabilities(COSTS, VARIANCES, top_level_evaluations=3, num_steps=300)
     assert p[0] == 1.0 and np.isclose(p[-1], 3 / 300)
     shape = np.sqrt(VARIANCES / COSTS[1:])
     assert np.allclose(p[1:] / shape, p[-1] / shape[-1])
@@ -30,7 +28,10 @@ def test_clipped_to_one_and_nested_monotone():
     # Unclipped p = (0.63, 3.2, 0.05): p_3 is clipped to 1 and p_2 raised to it.
     assert p[1] == p[2] == 1.0 and np.isclose(p[3], 0.05)
     independent = mlem_jax.optimal_probabilities(
-        COSTS, [0.01, 1.0, 0.001], top_level_evaluations=5, num_steps=100,
+        COSTS,
+        [0.01, 1.0, 0.001],
+        top_level_evaluations=5,
+        num_steps=100,
         coupling="independent",
     )
     assert np.isclose(independent[1], 0.05 * np.sqrt(0.01 / 5) / np.sqrt(0.001 / 80))
@@ -57,14 +58,14 @@ def test_variance_budget_is_met_at_minimal_cost():
 
 
 def test_stratified_draws_balance_the_cube_root_and_meet_their_budget():
-    p = mlem_jax.optimal_probabilities(COSTS, VARIANCES, top_level_evaluations=3,
-                                       num_steps=300, draws="stratified")
+    p = mlem_jax.optimal_probabilities(
+        COSTS, VARIANCES, top_level_evaluations=3, num_steps=300, draws="stratified"
+    )
     assert np.isclose(p[-1], 3 / 300)
     shape = (VARIANCES / COSTS[1:]) ** (1 / 3)
     assert np.allclose(p[1:] / shape, p[-1] / shape[-1])
     budget = 20.0
-    p = mlem_jax.optimal_probabilities(COSTS, VARIANCES, variance_budget=budget,
-                                       draws="stratified")
+    p = mlem_jax.optimal_probabilities(COSTS, VARIANCES, variance_budget=budget, draws="stratified")
     assert np.isclose((VARIANCES / p[1:] ** 2).sum(), budget, rtol=1e-6)
     rng = np.random.default_rng(1)
     best = (p[1:] * COSTS[1:]).sum()
@@ -108,8 +109,7 @@ def test_result_is_accepted_by_solve():
 
     p = mlem_jax.optimal_probabilities(COSTS, VARIANCES, top_level_evaluations=2, num_steps=50)
     levels = [lambda t, y, a, r=r: -r * y for r in (1.0, 1.1, 1.2, 1.3)]
-    sol = mlem_jax.solve(levels, jnp.ones(2), 0.0, 1.0, 50, probabilities=p,
-                         key=jax.random.key(0))
+    sol = mlem_jax.solve(levels, jnp.ones(2), 0.0, 1.0, 50, probabilities=p, key=jax.random.key(0))
     assert sol.evaluations[0] == 50
 
 
@@ -121,7 +121,8 @@ def test_top_level_at_every_step_gives_probabilities_exactly_one(draws):
     costs = [1482614.25, 5160349.0, 19152752.0, 73456112.0]
     variances = [2873.159698486328, 727.4701743125916, 264.1950731277466]
     for n in (64, 96, 128):
-        p = mlem_jax.optimal_probabilities(costs, variances, top_level_evaluations=n,
-                                           num_steps=n, draws=draws)
+        p = mlem_jax.optimal_probabilities(
+            costs, variances, top_level_evaluations=n, num_steps=n, draws=draws
+        )
         assert p.tolist() == [1.0] * 4
         assert mlem_jax.needed_levels(p) == (3,)

@@ -31,7 +31,14 @@ def test_constant_schedule_equals_constant_probabilities(t0, t1):
     levels, key, path = linear_levels(RATES), jax.random.key(0), jax.random.key(1)
     g = lambda t, y, args: 0.3  # noqa: E731
     run = lambda p: mlem_jax.solve(  # noqa: E731
-        levels, jnp.ones(3), t0, t1, 20, probabilities=p, key=key, diffusion=g,
+        levels,
+        jnp.ones(3),
+        t0,
+        t1,
+        20,
+        probabilities=p,
+        key=key,
+        diffusion=g,
         brownian=path,
     )
     constant = run(CONSTANT)
@@ -49,8 +56,13 @@ def test_step_n_uses_row_n(t0, t1):
     schedule_with_first = lambda t: schedule(t).at[0].set(1.0)  # noqa: E731
     num_steps = 40
     solution = mlem_jax.solve(
-        linear_levels(RATES), jnp.ones(2), t0, t1, num_steps,
-        probabilities=schedule_with_first, key=jax.random.key(3),
+        linear_levels(RATES),
+        jnp.ones(2),
+        t0,
+        t1,
+        num_steps,
+        probabilities=schedule_with_first,
+        key=jax.random.key(3),
     )
     expected = int((np.asarray(mlem_jax.step_times(t0, t1, num_steps)) < 0.5).sum())
     # Levels 2 and 3 share their p at every step, so level 2 cancels and is skipped.
@@ -64,8 +76,9 @@ def test_time_varying_schedule_is_unbiased():
     em = mlem_jax.solve(levels[-1:], jnp.ones(1), 0.0, 1.0, num_steps).ys
 
     def one(key):
-        return mlem_jax.solve(levels, jnp.ones(1), 0.0, 1.0, num_steps,
-                              probabilities=ramp, key=key).ys[0]
+        return mlem_jax.solve(
+            levels, jnp.ones(1), 0.0, 1.0, num_steps, probabilities=ramp, key=key
+        ).ys[0]
 
     samples = np.asarray(jax.vmap(one)(jax.random.split(jax.random.key(4), draws)))
     standard_error = samples.std() / np.sqrt(draws)
@@ -80,12 +93,28 @@ def test_diffrax_solver_follows_the_same_schedule(t0, t1):
     g = lambda t, y, args: 0.3 * jnp.ones_like(y)  # noqa: E731
     noise = diffrax.ControlTerm(lambda t, y, a: lx.DiagonalLinearOperator(g(t, y, a)), path)
     table = np.asarray(jax.vmap(ramp)(mlem_jax.step_times(t0, t1, num_steps)))
-    ours = mlem_jax.solve(levels, jnp.ones(3), t0, t1, num_steps, probabilities=table,
-                          key=key, diffusion=g, brownian=path)
+    ours = mlem_jax.solve(
+        levels,
+        jnp.ones(3),
+        t0,
+        t1,
+        num_steps,
+        probabilities=table,
+        key=key,
+        diffusion=g,
+        brownian=path,
+    )
     for schedule in (table, ramp):
         terms = diffrax.MultiTerm(mlem_jax.MultilevelTerm(levels, schedule), noise)
-        sol = diffrax.diffeqsolve(terms, mlem_jax.MLEM(key), t0, t1, (t1 - t0) / num_steps,
-                                  jnp.ones(3), saveat=diffrax.SaveAt(t1=True, solver_state=True))
+        sol = diffrax.diffeqsolve(
+            terms,
+            mlem_jax.MLEM(key),
+            t0,
+            t1,
+            (t1 - t0) / num_steps,
+            jnp.ones(3),
+            saveat=diffrax.SaveAt(t1=True, solver_state=True),
+        )
         assert_close(sol.ys[0], ours.ys)
         assert jnp.array_equal(mlem_jax.evaluations(sol), ours.evaluations)
 
@@ -93,8 +122,12 @@ def test_diffrax_solver_follows_the_same_schedule(t0, t1):
 def test_diffrax_solver_refuses_a_short_table_and_a_bad_row_at_run_time():
     levels = linear_levels(RATES)
     run = lambda p: diffrax.diffeqsolve(  # noqa: E731
-        mlem_jax.MultilevelTerm(levels, p), mlem_jax.MLEM(jax.random.key(0)), 0.0, 1.0,
-        0.1, jnp.ones(2),
+        mlem_jax.MultilevelTerm(levels, p),
+        mlem_jax.MLEM(jax.random.key(0)),
+        0.0,
+        1.0,
+        0.1,
+        jnp.ones(2),
     )
     with pytest.raises(eqx.EquinoxRuntimeError, match="has 5 rows"):
         run(np.tile(CONSTANT, (5, 1)))
@@ -109,16 +142,25 @@ def test_diffrax_solver_refuses_a_short_table_and_a_bad_row_at_run_time():
     [
         (np.tile(CONSTANT, (9, 1)), r"one row per step, shape \(10, 3\); got shape \(9, 3\)"),
         (np.tile([1.0, 0.2, 0.5], (10, 1)), r"`probabilities\[0\]` must be non-increasing"),
-        (np.vstack([np.tile(CONSTANT, (9, 1)), [[0.5, 0.5, 0.5]]]),
-         r"`probabilities\[9, 0\]` must be 1"),
+        (
+            np.vstack([np.tile(CONSTANT, (9, 1)), [[0.5, 0.5, 0.5]]]),
+            r"`probabilities\[9, 0\]` must be 1",
+        ),
         (lambda t: jnp.ones(2), r"callable must map a time t.*\(3,\).*float32\[2\]"),
         (lambda t: jnp.array([1.0, 1.0, 0.0]) + t, r"\(0, 1\].*step start time t_n"),
     ],
 )
 def test_bad_schedules_are_refused(probabilities, match):
     with pytest.raises(ValueError, match=match):
-        mlem_jax.solve(linear_levels(RATES), jnp.ones(2), 0.0, 1.0, 10,
-                       probabilities=probabilities, key=jax.random.key(0))
+        mlem_jax.solve(
+            linear_levels(RATES),
+            jnp.ones(2),
+            0.0,
+            1.0,
+            10,
+            probabilities=probabilities,
+            key=jax.random.key(0),
+        )
 
 
 COSTS = np.array([1.0, 4.0, 16.0])
@@ -127,8 +169,7 @@ COSTS = np.array([1.0, 4.0, 16.0])
 def test_optimal_schedule_is_one_global_multiplier_of_sqrt_v_over_c():
     ts = np.linspace(0.0, 1.0, 50, endpoint=False)
     variances = np.stack([1.0 + 9 * (ts < 0.1), 0.1 + 2.0 * (ts < 0.1)], axis=1)
-    p = mlem_jax.optimal_probabilities(COSTS, variances, top_level_evaluations=3,
-                                       num_steps=50)
+    p = mlem_jax.optimal_probabilities(COSTS, variances, top_level_evaluations=3, num_steps=50)
     chex.assert_shape(p, (50, 3))
     assert (p[:, 0] == 1).all()
     assert np.isclose(p[:, -1].sum(), 3.0)
@@ -140,10 +181,12 @@ def test_optimal_schedule_is_one_global_multiplier_of_sqrt_v_over_c():
 
 def test_constant_variances_give_the_constant_solution():
     variances = np.array([0.4, 0.1])
-    constant = mlem_jax.optimal_probabilities(COSTS, variances, top_level_evaluations=3,
-                                              num_steps=30)
-    schedule = mlem_jax.optimal_probabilities(COSTS, np.tile(variances, (30, 1)),
-                                              top_level_evaluations=3, num_steps=30)
+    constant = mlem_jax.optimal_probabilities(
+        COSTS, variances, top_level_evaluations=3, num_steps=30
+    )
+    schedule = mlem_jax.optimal_probabilities(
+        COSTS, np.tile(variances, (30, 1)), top_level_evaluations=3, num_steps=30
+    )
     assert np.allclose(schedule, constant[None, :])
 
 
@@ -153,8 +196,9 @@ def test_schedule_costs_less_than_constant_probabilities_at_equal_variance():
     budget = 4 * variances.sum()
     schedule = mlem_jax.optimal_probabilities(COSTS, variances, variance_budget=budget)
     assert np.isclose((variances / schedule[:, 1:]).sum(), budget, rtol=1e-6)
-    constant = mlem_jax.optimal_probabilities(COSTS, variances.sum(axis=0) / 40,
-                                              variance_budget=budget / 40)
+    constant = mlem_jax.optimal_probabilities(
+        COSTS, variances.sum(axis=0) / 40, variance_budget=budget / 40
+    )
     assert np.isclose((variances / constant[1:]).sum(), budget, rtol=1e-6)
     cost = lambda p: (np.broadcast_to(p, (40, 3)) @ COSTS).sum()  # noqa: E731
     assert cost(schedule) < 0.9 * cost(constant)
@@ -162,8 +206,7 @@ def test_schedule_costs_less_than_constant_probabilities_at_equal_variance():
 
 def test_schedule_clipping_and_nested_monotonicity_per_row():
     variances = np.array([[0.01, 1.0], [1.0, 0.0], [1.0, 1.0]])
-    p = mlem_jax.optimal_probabilities(COSTS, variances, top_level_evaluations=2.5,
-                                       num_steps=3)
+    p = mlem_jax.optimal_probabilities(COSTS, variances, top_level_evaluations=2.5, num_steps=3)
     assert np.all(p <= 1.0) and np.all(np.diff(p, axis=1) <= 0)
     # Only two rows have v_K > 0, so at most 2 top-level evaluations are possible.
     assert np.isclose(p[:, -1].sum(), 2.0 + p[1, -1]) and p[1, -1] > 0
@@ -193,14 +236,12 @@ def test_variance_profile_is_exact_for_time_scaled_linear_levels():
     for b, part in enumerate((t[:10], t[10:])):
         expected = 4 * (np.diff(RATES) ** 2)[None, :] * (part**2)[:, None]
         assert np.allclose(profile.variances[b], expected.mean(axis=0), rtol=1e-5)
-    assert np.allclose(profile.at([0.2, 0.7, -1.0, 2.0]),
-                       profile.variances[[0, 1, 0, 1]])
+    assert np.allclose(profile.at([0.2, 0.7, -1.0, 2.0]), profile.variances[[0, 1, 0, 1]])
 
 
 def test_variance_profile_fills_empty_bins_from_the_nearest_and_checks_bins():
     levels = linear_levels(RATES)
-    profile = mlem_jax.variance_profile(levels, jnp.array([0.05, 0.95]), jnp.ones((2, 3)),
-                                        bins=4)
+    profile = mlem_jax.variance_profile(levels, jnp.array([0.05, 0.95]), jnp.ones((2, 3)), bins=4)
     assert profile.counts.tolist() == [1, 0, 0, 1]
     assert np.allclose(profile.at([0.3, 0.6]), profile.variances[[0, 3]])
     with pytest.raises(ValueError, match="`bins`.*increasing"):
@@ -217,8 +258,9 @@ def test_error_sensitivity_is_exact_for_a_linear_drift(t0, t1, noisy):
     extra: dict[str, Any] = {}
     if noisy:
         extra = dict(diffusion=lambda t, y, args: 0.5, brownian=jax.random.key(1))
-    ts, w = mlem_jax.error_sensitivity(lambda t, y, args: -a * y * np.sign(t1 - t0),
-                                       jnp.ones(5), t0, t1, num_steps, **extra)
+    ts, w = mlem_jax.error_sensitivity(
+        lambda t, y, args: -a * y * np.sign(t1 - t0), jnp.ones(5), t0, t1, num_steps, **extra
+    )
     assert np.allclose(ts, np.asarray(mlem_jax.step_times(t0, t1, num_steps)))
     expected = (1 - h * a) ** (2 * (num_steps - 1 - np.arange(num_steps)))
     assert np.allclose(w, expected, rtol=1e-5)

@@ -25,7 +25,7 @@ from diffusion_helpers import IMAGE_SHAPE, tiny_unets
 DEVICES = 4
 TIMEOUT = 240
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
     import mlem_jax
@@ -117,7 +117,7 @@ SCRIPT = textwrap.dedent('''
             errors[name] = str(error)
     out["errors"] = errors
     print("RESULT" + json.dumps(out))
-''')
+""")
 
 
 @pytest.fixture(scope="module")
@@ -125,16 +125,22 @@ def four_devices(tmp_path_factory) -> dict:
     checkpoints = tmp_path_factory.mktemp("tiny_unets")
     for model in tiny_unets():  # built once here, loaded there
         save_model(checkpoints / f"unet_w{model.width}", model, image_shape=list(IMAGE_SHAPE))
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}",
-               JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(__file__).parent), env.get("PYTHONPATH", "")]
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}",
+        JAX_PLATFORMS="cpu",
     )
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(checkpoints)], env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(checkpoints)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     line = next(ln for ln in done.stdout.splitlines() if ln.startswith("RESULT"))
-    return json.loads(line[len("RESULT"):])
+    return json.loads(line[len("RESULT") :])
 
 
 def test_this_process_keeps_one_device():

@@ -37,25 +37,37 @@ def hand_written_em(f, g, y0, t0, t1, num_steps, path):
 def test_one_level_equals_hand_written_em(t0, t1):
     y0 = jnp.array([0.3, -1.0, 2.0])
     path = brownian_tree(jax.random.key(0), t0, t1, (3,))
-    got = mlem_jax.solve(
-        [sine_drift], y0, t0, t1, 32, diffusion=scaled_diffusion, brownian=path
-    )
+    got = mlem_jax.solve([sine_drift], y0, t0, t1, 32, diffusion=scaled_diffusion, brownian=path)
     expected = hand_written_em(sine_drift, scaled_diffusion, y0, t0, t1, 32, path)
     assert_close(got.ys, expected)
     assert got.evaluations.tolist() == [32]
 
 
-@pytest.mark.parametrize("coupling, draws", [("nested", "random"), ("independent", "random"),
-                                             ("nested", "stratified"),
-                                             ("independent", "stratified")])
+@pytest.mark.parametrize(
+    "coupling, draws",
+    [
+        ("nested", "random"),
+        ("independent", "random"),
+        ("nested", "stratified"),
+        ("independent", "stratified"),
+    ],
+)
 def test_all_probabilities_one_equals_em_on_top_level(coupling, draws):
     levels = [sine_drift, lambda t, y, a: 1.1 * sine_drift(t, y, a), lambda t, y, a: -y]
     y0 = jnp.linspace(-1.0, 1.0, 5)
     path = brownian_tree(jax.random.key(1), 0.0, 1.0, (5,))
     common: dict[str, Any] = dict(diffusion=scaled_diffusion, brownian=path)
     mlem = mlem_jax.solve(
-        levels, y0, 0.0, 1.0, 50, probabilities=[1.0, 1.0, 1.0],
-        key=jax.random.key(2), coupling=coupling, draws=draws, **common,
+        levels,
+        y0,
+        0.0,
+        1.0,
+        50,
+        probabilities=[1.0, 1.0, 1.0],
+        key=jax.random.key(2),
+        coupling=coupling,
+        draws=draws,
+        **common,
     )
     em = mlem_jax.solve(levels[-1:], y0, 0.0, 1.0, 50, **common)
     if coupling == "nested":
@@ -71,8 +83,13 @@ def test_key_increments_are_standard_normal_with_variance_dt():
     # Drift 0, diffusion 1: X_T - X_0 is the sum of the increments, N(0, T) per entry.
     y0 = jnp.zeros(20_000)
     sol = mlem_jax.solve(
-        [lambda t, y, a: jnp.zeros_like(y)], y0, 0.0, 2.0, 8,
-        diffusion=lambda t, y, a: jnp.ones_like(y), brownian=jax.random.key(5),
+        [lambda t, y, a: jnp.zeros_like(y)],
+        y0,
+        0.0,
+        2.0,
+        8,
+        diffusion=lambda t, y, a: jnp.ones_like(y),
+        brownian=jax.random.key(5),
     )
     # Sample variance of n = 20000 normals has relative standard error sqrt(2 / n) = 1%.
     assert abs(float(jnp.var(sol.ys)) / 2.0 - 1.0) < 5 * np.sqrt(2 / y0.size)
@@ -90,8 +107,10 @@ def test_reverse_time_ode_converges_to_exact_solution():
 
 
 def test_pytree_state_matches_separate_solves():
-    levels = [lambda t, y, a: {"u": -y["u"], "v": -2.0 * y["v"]},
-              lambda t, y, a: {"u": -1.1 * y["u"], "v": -2.1 * y["v"]}]
+    levels = [
+        lambda t, y, a: {"u": -y["u"], "v": -2.0 * y["v"]},
+        lambda t, y, a: {"u": -1.1 * y["u"], "v": -2.1 * y["v"]},
+    ]
     y0 = {"u": jnp.ones(3), "v": jnp.arange(2.0)}
     key = jax.random.key(7)
     sol = mlem_jax.solve(levels, y0, 0.0, 1.0, 40, probabilities=[1.0, 0.3], key=key)
@@ -154,8 +173,15 @@ def test_determinism_per_key(levels3):
 
     def run(key, brownian):
         return mlem_jax.solve(
-            levels3, jnp.ones(4), 0.0, 1.0, 64, probabilities=[1.0, 0.5, 0.2], key=key,
-            diffusion=diffusion, brownian=brownian,
+            levels3,
+            jnp.ones(4),
+            0.0,
+            1.0,
+            64,
+            probabilities=[1.0, 0.5, 0.2],
+            key=key,
+            diffusion=diffusion,
+            brownian=brownian,
         )
 
     a = run(jax.random.key(1), jax.random.key(2))
@@ -180,7 +206,13 @@ def test_vmap_with_unbatched_key_really_skips_the_top_level(draws):
 
     def run(y0):
         return mlem_jax.solve(
-            levels, y0, 0.0, 1.0, 200, probabilities=[1.0, 0.05], key=jax.random.key(3),
+            levels,
+            y0,
+            0.0,
+            1.0,
+            200,
+            probabilities=[1.0, 0.05],
+            key=jax.random.key(3),
             draws=draws,
         )
 
@@ -196,8 +228,14 @@ def test_vmap_with_unbatched_key_really_skips_the_top_level(draws):
 
 def test_costs_give_the_cost_actually_spent(levels3):
     sol = mlem_jax.solve(
-        levels3, jnp.ones(2), 0.0, 1.0, 100, probabilities=[1.0, 0.5, 0.1],
-        key=jax.random.key(0), costs=[1.0, 4.0, 16.0],
+        levels3,
+        jnp.ones(2),
+        0.0,
+        1.0,
+        100,
+        probabilities=[1.0, 0.5, 0.1],
+        key=jax.random.key(0),
+        costs=[1.0, 4.0, 16.0],
     )
     expected = float(sol.evaluations @ jnp.array([1.0, 4.0, 16.0]))
     assert float(jnp.asarray(sol.cost)) == expected
@@ -207,19 +245,34 @@ def test_costs_give_the_cost_actually_spent(levels3):
 def test_solve_under_outer_jit_with_traced_times_and_probabilities(levels3):
     @jax.jit
     def run(t1, p):
-        return mlem_jax.solve(levels3, jnp.ones(2), 0.0, t1, 16, probabilities=p,
-                              key=jax.random.key(0)).ys
+        return mlem_jax.solve(
+            levels3, jnp.ones(2), 0.0, t1, 16, probabilities=p, key=jax.random.key(0)
+        ).ys
 
-    eager = mlem_jax.solve(levels3, jnp.ones(2), 0.0, 2.0, 16,
-                           probabilities=jnp.array([1.0, 0.5, 0.5]), key=jax.random.key(0))
+    eager = mlem_jax.solve(
+        levels3,
+        jnp.ones(2),
+        0.0,
+        2.0,
+        16,
+        probabilities=jnp.array([1.0, 0.5, 0.5]),
+        key=jax.random.key(0),
+    )
     assert_close(run(2.0, jnp.array([1.0, 0.5, 0.5])), eager.ys)
 
 
 @pytest.mark.parametrize("t0, t1", [(0.0, 1.0), (1.0, 0.0)])
 def test_diffrax_unsafe_brownian_path_gives_increments_of_variance_dt(t0, t1):
     path = diffrax.UnsafeBrownianPath(shape=(20_000,), key=jax.random.key(0))
-    sol = mlem_jax.solve([lambda t, y, a: jnp.zeros_like(y)], jnp.zeros(20_000), t0, t1,
-                         10, diffusion=lambda t, y, a: 1.0, brownian=path)
+    sol = mlem_jax.solve(
+        [lambda t, y, a: jnp.zeros_like(y)],
+        jnp.zeros(20_000),
+        t0,
+        t1,
+        10,
+        diffusion=lambda t, y, a: 1.0,
+        brownian=path,
+    )
     assert abs(float(jnp.var(sol.ys)) - 1.0) < 5 * np.sqrt(2 / 20_000)
 
 
@@ -227,9 +280,21 @@ def _variance_of_x1(key_pairs, p=0.5, num_steps=64):
     """Var(X_1) over paths of dX = F dt + dW, levels f^1 = 0 and f^2 = 1, one key pair
     (level draws, Brownian increments) per path."""
     levels = [lambda t, y, a: jnp.zeros_like(y), lambda t, y, a: jnp.ones_like(y)]
-    ys = jax.vmap(lambda k, b: mlem_jax.solve(
-        levels, jnp.zeros(()), 0.0, 1.0, num_steps, probabilities=[1.0, p], key=k,
-        diffusion=lambda t, y, a: 1.0, brownian=b).ys)(*key_pairs)
+    ys = jax.vmap(
+        lambda k, b: (
+            mlem_jax.solve(
+                levels,
+                jnp.zeros(()),
+                0.0,
+                1.0,
+                num_steps,
+                probabilities=[1.0, p],
+                key=k,
+                diffusion=lambda t, y, a: 1.0,
+                brownian=b,
+            ).ys
+        )
+    )(*key_pairs)
     return float(jnp.var(ys))
 
 

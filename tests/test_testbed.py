@@ -15,6 +15,7 @@ from mlem_jax.diffusion.mixture import ExactDrift, GaussianMixture
 from mlem_jax.diffusion.sde import VPSDE, ScoreDrift, reverse_drift
 from mlem_jax.diffusion.train import TrainConfig
 
+
 SDE = VPSDE()
 
 
@@ -22,8 +23,9 @@ def small_mixture(dim=3, components=4, seed=0):
     rng = np.random.default_rng(seed)
     factors = rng.normal(size=(components, dim, dim)) * 0.4
     covariances = factors @ factors.swapaxes(1, 2) + 0.05 * np.eye(dim)
-    return GaussianMixture(rng.uniform(0.5, 2.0, components), rng.normal(size=(components, dim)),
-                           covariances)
+    return GaussianMixture(
+        rng.uniform(0.5, 2.0, components), rng.normal(size=(components, dim)), covariances
+    )
 
 
 def test_score_is_the_gradient_of_the_log_density_at_every_noise_level():
@@ -96,8 +98,9 @@ def test_fitted_latent_mixture_decodes_to_images_and_round_trips(tmp_path):
     save_testbed(tmp_path / "testbed.npz", mixture, codec)
     loaded, loaded_codec = load_testbed(tmp_path / "testbed.npz")
     x = jax.random.normal(jax.random.key(1), (3, 8))
-    np.testing.assert_allclose(jax.vmap(loaded.score)(x), jax.vmap(mixture.score)(x),
-                               rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(
+        jax.vmap(loaded.score)(x), jax.vmap(mixture.score)(x), rtol=2e-3, atol=2e-3
+    )
     np.testing.assert_array_equal(loaded_codec.components, codec.components)
     with pytest.raises(ValueError, match="`width` must be > 0"):
         fit_latent_mixture(images, 4, 2, width=0.0)
@@ -154,9 +157,17 @@ def test_training_on_the_exact_score_lowers_every_exit_error():
     assert after < 0.7 * before
     # The trained exits are ML-EM levels: solve runs the family.
     family = ExitFamily(state.ema[0], SDE)
-    sol = mlem_jax.solve(family, jnp.ones((4, 3)), 1.0, 1e-3, 16, probabilities=[1.0, 0.5],
-                         key=jax.random.key(1), diffusion=SDE.diffusion,
-                         brownian=jax.random.key(2))
+    sol = mlem_jax.solve(
+        family,
+        jnp.ones((4, 3)),
+        1.0,
+        1e-3,
+        16,
+        probabilities=[1.0, 0.5],
+        key=jax.random.key(1),
+        diffusion=SDE.diffusion,
+        brownian=jax.random.key(2),
+    )
     assert sol.ys.shape == (4, 3) and bool(jnp.isfinite(sol.ys).all())
 
 
@@ -165,8 +176,9 @@ def test_samplers_run_a_family_one_pass_per_step():
     from mlem_jax.diffusion.sample import method_cost, sample
 
     model = ResidualMLP(3, 8, (4, 8, 16), key=jax.random.key(0))
-    model = eqx.combine(jax.tree_util.tree_map(lambda a: a + 0.1, eqx.filter(model, eqx.is_array)),
-                        model)
+    model = eqx.combine(
+        jax.tree_util.tree_map(lambda a: a + 0.1, eqx.filter(model, eqx.is_array)), model
+    )
     family = ExitFamily(model, SDE)
     x1 = jax.random.normal(jax.random.key(1), (4, 3))
     p = (1.0, 0.5, 0.25)
@@ -175,12 +187,14 @@ def test_samplers_run_a_family_one_pass_per_step():
     separate = sample("mlem", list(family), x1, 16, **kwargs)
     np.testing.assert_allclose(shared.ys, separate.ys, rtol=1e-5, atol=1e-6)
     em = sample("em", family, x1, 16, brownian=jax.random.key(3))
-    np.testing.assert_allclose(em.ys, sample("em", [family[-1]], x1, 16,
-                                            brownian=jax.random.key(3)).ys)
+    np.testing.assert_allclose(
+        em.ys, sample("em", [family[-1]], x1, 16, brownian=jax.random.key(3)).ys
+    )
     # A step costs the pass it ran: c_L for the deepest level L it drew.
     flops = [10.0, 30.0, 70.0]
-    outcome = run_setting(Setting("mlem", 16, p), family, x1, jax.random.key(3),
-                          jax.random.key(2), flops)
+    outcome = run_setting(
+        Setting("mlem", 16, p), family, x1, jax.random.key(3), jax.random.key(2), flops
+    )
     e = outcome.evaluations
     passes = [e[0] - e[1], e[1] - e[2], e[2]]  # steps whose pass ended at each level
     assert outcome.flops == pytest.approx(np.dot(passes, flops))
@@ -193,14 +207,17 @@ def test_testbed_demo_runs_em_and_mlem_on_a_saved_ladder(tmp_path, capsys):
     from mlem_jax.diffusion.testbed_demo import run_testbed_demo
 
     model = ResidualMLP(16, 8, (4, 8, 16), key=jax.random.key(0))
-    save_model(tmp_path / "ladder", model,
-               calibration={"flops": [1e3, 3e3, 9e3], "v": [1.0, 0.5], "delta": [3, 2, 1]},
-               operating={"em": {"level": 2, "steps": 8},
-                          "mlem": {"steps": 16, "probabilities": [1.0, 0.5, 0.25],
-                                   "draws": "stratified"}})
+    save_model(
+        tmp_path / "ladder",
+        model,
+        calibration={"flops": [1e3, 3e3, 9e3], "v": [1.0, 0.5], "delta": [3, 2, 1]},
+        operating={
+            "em": {"level": 2, "steps": 8},
+            "mlem": {"steps": 16, "probabilities": [1.0, 0.5, 0.25], "draws": "stratified"},
+        },
+    )
     rows = run_testbed_demo(tmp_path, count=4, reference_steps=32, path=tmp_path / "ladder")
-    assert [row["method"] for row in rows] == ["EM, exit 3, 8 steps",
-                                              "ML-EM stratified, 16 steps"]
+    assert [row["method"] for row in rows] == ["EM, exit 3, 8 steps", "ML-EM stratified, 16 steps"]
     assert rows[0]["mflops"] == pytest.approx(8 * 9e3 / 1e6)
     assert all(np.isfinite(row["error"]) and row["ms"] > 0 for row in rows)
     assert (tmp_path / "testbed_digits.png").stat().st_size > 0

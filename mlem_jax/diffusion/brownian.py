@@ -13,8 +13,9 @@ from jaxtyping import PRNGKeyArray
 from .._sampled_path import SampledBrownianPath
 
 
-def grid_brownian_path(key: PRNGKeyArray, shape: Sequence[int], num_intervals: int,
-                       t0: float, t1: float = 1.0) -> SampledBrownianPath:
+def grid_brownian_path(
+    key: PRNGKeyArray, shape: Sequence[int], num_intervals: int, t0: float, t1: float = 1.0
+) -> SampledBrownianPath:
     """A `SampledBrownianPath` on [t0, t1] with `num_intervals` fine steps, W(t0) = 0.
 
     **Arguments:**

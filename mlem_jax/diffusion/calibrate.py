@@ -18,9 +18,16 @@ from .sample import T_MIN, initial_noise, sample
 from .sde import ScoreDrift
 
 
-def calibrate(levels: Sequence[ScoreDrift], key: PRNGKeyArray, image_shape: Sequence[int],
-              *, count: int = 16, num_steps: int = 64, repeats: int = 10, bins: int = 16
-              ) -> dict:
+def calibrate(
+    levels: Sequence[ScoreDrift],
+    key: PRNGKeyArray,
+    image_shape: Sequence[int],
+    *,
+    count: int = 16,
+    num_steps: int = 64,
+    repeats: int = 10,
+    bins: int = 16,
+) -> dict:
     """Measure the levels on (t, X_t) pairs of real sampling runs.
 
     **Arguments:**
@@ -53,48 +60,74 @@ def calibrate(levels: Sequence[ScoreDrift], key: PRNGKeyArray, image_shape: Sequ
     profile = variance_profile(levels, ts, ys, bins=edges)
     sde_kind = levels[-1].kind == "sde"
     _, gains = error_sensitivity(
-        levels[-1], x1, 1.0, T_MIN, num_steps,
+        levels[-1],
+        x1,
+        1.0,
+        T_MIN,
+        num_steps,
         diffusion=levels[-1].sde.diffusion if sde_kind else None,
         brownian=path_key if sde_kind else None,
     )
     costs = level_costs(levels, run.ts[0], x1, repeats=repeats)
     flops, seconds = costs.flops / count, costs.seconds / count
     variances, errors = stats.variances / count, stats.errors / np.sqrt(count)
-    probabilities = optimal_probabilities(flops, variances, top_level_evaluations=2.0,
-                                          num_steps=num_steps)
+    probabilities = optimal_probabilities(
+        flops, variances, top_level_evaluations=2.0, num_steps=num_steps
+    )
     return {
-        "points": int(len(ts)), "images": count, "kind": levels[-1].kind,
-        "variances": variances.tolist(), "errors": errors.tolist(),
-        "flops": flops.tolist(), "seconds": seconds.tolist(),
+        "points": int(len(ts)),
+        "images": count,
+        "kind": levels[-1].kind,
+        "variances": variances.tolist(),
+        "errors": errors.tolist(),
+        "flops": flops.tolist(),
+        "seconds": seconds.tolist(),
         "gamma": fit_gamma(flops, errors) if len(levels) > 2 else None,
         "gamma_seconds": fit_gamma(seconds, errors) if len(levels) > 2 else None,
         "probabilities": probabilities.tolist(),
-        "profile": {"edges": edges.tolist(), "variances": (profile.variances / count).tolist(),
-                    "counts": profile.counts.tolist()},
+        "profile": {
+            "edges": edges.tolist(),
+            "variances": (profile.variances / count).tolist(),
+            "counts": profile.counts.tolist(),
+        },
         "sensitivity": {"times": np.asarray(run.ts[1:]).tolist(), "gains": gains.tolist()},
     }
 
 
-def probabilities_for(calibration: dict, num_steps: int, top_level_evaluations: float = 2.0,
-                      draws: str = "random") -> tuple[float, ...]:
+def probabilities_for(
+    calibration: dict, num_steps: int, top_level_evaluations: float = 2.0, draws: str = "random"
+) -> tuple[float, ...]:
     """Optimal p_l (FLOPs costs, measured v_l) for `draws` with the largest level drawn
     about `top_level_evaluations` times in `num_steps` steps."""
-    p = optimal_probabilities(calibration["flops"], calibration["variances"],
-                              top_level_evaluations=top_level_evaluations,
-                              num_steps=num_steps, draws=draws)
+    p = optimal_probabilities(
+        calibration["flops"],
+        calibration["variances"],
+        top_level_evaluations=top_level_evaluations,
+        num_steps=num_steps,
+        draws=draws,
+    )
     return tuple(float(x) for x in p)
 
 
-def schedule_for(calibration: dict, num_steps: int, top_level_evaluations: float = 2.0,
-                 *, weighted: bool = False, t_min: float = T_MIN) -> np.ndarray:
+def schedule_for(
+    calibration: dict,
+    num_steps: int,
+    top_level_evaluations: float = 2.0,
+    *,
+    weighted: bool = False,
+    t_min: float = T_MIN,
+) -> np.ndarray:
     """Optimal p_l(t_n), shape (num_steps, K): the measured v_l(t) (FLOPs costs, one
     global multiplier) with the largest level drawn about `top_level_evaluations` times
     in `num_steps` steps. `weighted` multiplies v_l(t_n) by the sensitivity w of the
     time the step's error lands at, t_(n+1): the final-time error is minimised instead
     of the sum of the per-step errors."""
     profile = calibration["profile"]
-    stored = VarianceProfile(np.asarray(profile["edges"]), np.asarray(profile["variances"]),
-                             np.asarray(profile["counts"]))
+    stored = VarianceProfile(
+        np.asarray(profile["edges"]),
+        np.asarray(profile["variances"]),
+        np.asarray(profile["counts"]),
+    )
     ts = np.asarray(step_times(1.0, t_min, num_steps), dtype=np.float64)
     variances = stored.at(ts)
     if weighted:
@@ -103,9 +136,12 @@ def schedule_for(calibration: dict, num_steps: int, top_level_evaluations: float
         order = np.argsort(times)
         landing = ts + (t_min - 1.0) / num_steps
         variances = variances * np.interp(landing, times[order], gains[order])[:, None]
-    return optimal_probabilities(calibration["flops"], variances,
-                                 top_level_evaluations=top_level_evaluations,
-                                 num_steps=num_steps)
+    return optimal_probabilities(
+        calibration["flops"],
+        variances,
+        top_level_evaluations=top_level_evaluations,
+        num_steps=num_steps,
+    )
 
 
 def read_calibration(path: str | os.PathLike, kind: str) -> dict | None:

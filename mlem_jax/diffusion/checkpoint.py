@@ -30,16 +30,30 @@ Model = UNet | Classifier | ResidualMLP
 def architecture(model: Model) -> dict:
     """The class name and hyper-parameters that rebuild `model`'s structure."""
     if isinstance(model, UNet):
-        return {"model": "UNet", "width": model.width,
-                "multipliers": list(model.multipliers), "channels": model.channels}
+        return {
+            "model": "UNet",
+            "width": model.width,
+            "multipliers": list(model.multipliers),
+            "channels": model.channels,
+        }
     if isinstance(model, Classifier):
-        return {"model": "Classifier", "width": model.width, "channels": model.channels,
-                "classes": model.classes, "image_size": model.image_size,
-                "features": model.dense.out_features}
+        return {
+            "model": "Classifier",
+            "width": model.width,
+            "channels": model.channels,
+            "classes": model.classes,
+            "image_size": model.image_size,
+            "features": model.dense.out_features,
+        }
     if isinstance(model, ResidualMLP):
-        return {"model": "ResidualMLP", "dim": model.dim, "stream": list(model.stream),
-                "hidden": list(model.hidden), "inject_input": model.inject_input,
-                "beta": [model.sde.beta_min, model.sde.beta_max]}
+        return {
+            "model": "ResidualMLP",
+            "dim": model.dim,
+            "stream": list(model.stream),
+            "hidden": list(model.hidden),
+            "inject_input": model.inject_input,
+            "beta": [model.sde.beta_min, model.sde.beta_max],
+        }
     raise TypeError(
         f"`model` must be a UNet, a Classifier or a ResidualMLP, got {type(model).__name__}."
     )
@@ -51,17 +65,29 @@ def _skeleton(stored: dict) -> Model:
     key = jax.random.key(0)
     try:
         if stored.get("model") == "UNet":
-            return eqx.filter_eval_shape(UNet, stored["width"], tuple(stored["multipliers"]),
-                                         stored["channels"], key=key)
+            return eqx.filter_eval_shape(
+                UNet, stored["width"], tuple(stored["multipliers"]), stored["channels"], key=key
+            )
         if stored.get("model") == "Classifier":
-            return eqx.filter_eval_shape(Classifier, stored["width"], stored["channels"],
-                                         stored["classes"], stored["image_size"],
-                                         stored["features"], key=key)
+            return eqx.filter_eval_shape(
+                Classifier,
+                stored["width"],
+                stored["channels"],
+                stored["classes"],
+                stored["image_size"],
+                stored["features"],
+                key=key,
+            )
         if stored.get("model") == "ResidualMLP":
-            return eqx.filter_eval_shape(ResidualMLP, stored["dim"], tuple(stored["stream"]),
-                                         tuple(stored["hidden"]),
-                                         inject_input=stored["inject_input"], key=key,
-                                         sde=VPSDE(*stored["beta"]))
+            return eqx.filter_eval_shape(
+                ResidualMLP,
+                stored["dim"],
+                tuple(stored["stream"]),
+                tuple(stored["hidden"]),
+                inject_input=stored["inject_input"],
+                key=key,
+                sde=VPSDE(*stored["beta"]),
+            )
     except (KeyError, TypeError) as error:
         raise CheckpointError(f"incomplete architecture in manifest: {stored!r}") from error
     raise CheckpointError(f"unknown model class in checkpoint manifest: {stored!r}.")
@@ -111,8 +137,11 @@ def save_model(path: str | os.PathLike, model: Model, **manifest: Any) -> dict:
     weights, manifest_path = _paths(path)
     data = _serialise(model)
     written = {
-        "format": FORMAT, **manifest, "architecture": architecture(model),
-        "parameters": parameter_count(model), "sha256": hashlib.sha256(data).hexdigest(),
+        "format": FORMAT,
+        **manifest,
+        "architecture": architecture(model),
+        "parameters": parameter_count(model),
+        "sha256": hashlib.sha256(data).hexdigest(),
     }
     _atomic_write(weights, data)
     _atomic_write(manifest_path, (json.dumps(written, indent=2) + "\n").encode())

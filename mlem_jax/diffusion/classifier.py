@@ -27,8 +27,16 @@ class Classifier(eqx.Module):
     dense: eqx.nn.Linear
     head: eqx.nn.Linear
 
-    def __init__(self, width: int = 16, channels: int = 1, classes: int = 10,
-                 image_size: int = 32, features: int = 64, *, key: PRNGKeyArray):
+    def __init__(
+        self,
+        width: int = 16,
+        channels: int = 1,
+        classes: int = 10,
+        image_size: int = 32,
+        features: int = 64,
+        *,
+        key: PRNGKeyArray,
+    ):
         if width < 1 or classes < 2 or image_size % 4:
             raise ValueError(
                 f"need width >= 1, classes >= 2 and image_size divisible by 4, got {width}, "
@@ -76,9 +84,15 @@ def _training(steps: int) -> tuple[optax.GradientTransformation, Callable]:
     return transform, step
 
 
-def train_classifier(images: np.ndarray, labels: np.ndarray, *, width: int = 16,
-                     steps: int = 600, batch_size: int = 128, seed: int = 0
-                     ) -> Classifier:
+def train_classifier(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    width: int = 16,
+    steps: int = 600,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> Classifier:
     """Train a `Classifier` with Adam on (images, labels), seeded.
 
     **Arguments:**
@@ -90,8 +104,9 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, *, width: int = 16,
 
     The trained classifier.
     """
-    model = Classifier(width, images.shape[1], int(labels.max()) + 1, images.shape[-1],
-                       key=jax.random.key(seed))
+    model = Classifier(
+        width, images.shape[1], int(labels.max()) + 1, images.shape[-1], key=jax.random.key(seed)
+    )
     transform, step = _training(steps)
     opt_state = transform.init(eqx.filter(model, eqx.is_array))
     rng = np.random.default_rng(seed)

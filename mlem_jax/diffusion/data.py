@@ -19,8 +19,9 @@ def _to_images(pixels: np.ndarray, side: int, pad: int, maximum: float) -> np.nd
     return np.pad(images, width, constant_values=-1.0)
 
 
-def _split(images: np.ndarray, labels: np.ndarray, split: str, held_out: float, seed: int
-           ) -> ImageSplit:
+def _split(
+    images: np.ndarray, labels: np.ndarray, split: str, held_out: float, seed: int
+) -> ImageSplit:
     if split not in ("train", "test"):
         raise ValueError(f"`split` must be 'train' or 'test', got {split!r}.")
     if not 0.0 < held_out < 1.0:
@@ -62,8 +63,9 @@ def load_digits(split: str = "train", *, held_out: float = 0.2, seed: int = 0) -
     from sklearn.datasets import load_digits as sklearn_digits
 
     pixels, labels = sklearn_digits(return_X_y=True)
-    return _split(_to_images(np.asarray(pixels), 8, 0, 16.0), np.asarray(labels), split,
-                  held_out, seed)
+    return _split(
+        _to_images(np.asarray(pixels), 8, 0, 16.0), np.asarray(labels), split, held_out, seed
+    )
 
 
 def load_dataset(name: str, split: str = "train") -> ImageSplit:

@@ -21,9 +21,12 @@ from .runner import Setting, compile_sampler, run_setting
 from .sample import T_MIN, initial_noise, score_levels, stitch_switch
 
 
-def prepare(directory: str | os.PathLike = CHECKPOINTS, kind: str = "sde", seed: int = 0,
-            calibration: str | os.PathLike | None = None
-            ) -> tuple[list, tuple[int, ...], dict]:
+def prepare(
+    directory: str | os.PathLike = CHECKPOINTS,
+    kind: str = "sde",
+    seed: int = 0,
+    calibration: str | os.PathLike | None = None,
+) -> tuple[list, tuple[int, ...], dict]:
     """Load the levels of `directory` as `kind` drifts and their calibration.
 
     The calibration is read from the file `calibration` (default
@@ -39,15 +42,24 @@ def prepare(directory: str | os.PathLike = CHECKPOINTS, kind: str = "sde", seed:
     image_shape = tuple(manifests[-1]["image_shape"])
     path = Path(directory) / "calibration.json" if calibration is None else calibration
     calibration = read_calibration(path, kind)
-    if (calibration is None or len(calibration["flops"]) != len(levels)
-            or "profile" not in calibration):
-        calibration = calibrate(levels, jax.random.key(seed), image_shape, count=8,
-                                num_steps=32, repeats=3)
+    if (
+        calibration is None
+        or len(calibration["flops"]) != len(levels)
+        or "profile" not in calibration
+    ):
+        calibration = calibrate(
+            levels, jax.random.key(seed), image_shape, count=8, num_steps=32, repeats=3
+        )
     return levels, image_shape, calibration
 
 
-def demo_settings(calibration: dict, em_steps: int = 32, mlem_steps: int = 64,
-                  top_level_evaluations: float = 8.0, groups: int = 1) -> list[Setting]:
+def demo_settings(
+    calibration: dict,
+    em_steps: int = 32,
+    mlem_steps: int = 64,
+    top_level_evaluations: float = 8.0,
+    groups: int = 1,
+) -> list[Setting]:
     """EM with the largest UNet, ML-EM with all of them (the largest drawn about
     `top_level_evaluations` times) with constant p_l, with stratified draws and with
     p_l(t) on the sensitivity-weighted v_l(t), each in `groups` groups of the batch with
@@ -56,24 +68,45 @@ def demo_settings(calibration: dict, em_steps: int = 32, mlem_steps: int = 64,
     schedule = schedule_for(calibration, mlem_steps, m, weighted=True)
     return [
         Setting("em", em_steps, label=f"EM, largest UNet, {em_steps} steps"),
-        Setting("mlem", mlem_steps, probabilities_for(calibration, mlem_steps, m),
-                label=f"ML-EM, {mlem_steps} steps, m={m:g}", groups=groups),
-        Setting("mlem", mlem_steps,
-                probabilities_for(calibration, mlem_steps, m, "stratified"),
-                label=f"ML-EM stratified, {mlem_steps} steps, m={m:g}", draws="stratified",
-                groups=groups),
-        Setting("mlem", mlem_steps, tuple(map(tuple, schedule.tolist())),
-                label=f"ML-EM p(t), {mlem_steps} steps, m={m:g}", groups=groups),
-        Setting("tstitch", em_steps, switch=stitch_switch(0.5),
-                label=f"T-Stitch 50%, {em_steps} steps"),
+        Setting(
+            "mlem",
+            mlem_steps,
+            probabilities_for(calibration, mlem_steps, m),
+            label=f"ML-EM, {mlem_steps} steps, m={m:g}",
+            groups=groups,
+        ),
+        Setting(
+            "mlem",
+            mlem_steps,
+            probabilities_for(calibration, mlem_steps, m, "stratified"),
+            label=f"ML-EM stratified, {mlem_steps} steps, m={m:g}",
+            draws="stratified",
+            groups=groups,
+        ),
+        Setting(
+            "mlem",
+            mlem_steps,
+            tuple(map(tuple, schedule.tolist())),
+            label=f"ML-EM p(t), {mlem_steps} steps, m={m:g}",
+            groups=groups,
+        ),
+        Setting(
+            "tstitch", em_steps, switch=stitch_switch(0.5), label=f"T-Stitch 50%, {em_steps} steps"
+        ),
     ]
 
 
-def frontier_settings(calibration: dict, em_steps: Sequence[int], mlem_steps: int,
-                      budgets: Sequence[float], groups: int = 1) -> dict[str, list[Setting]]:
+def frontier_settings(
+    calibration: dict,
+    em_steps: Sequence[int],
+    mlem_steps: int,
+    budgets: Sequence[float],
+    groups: int = 1,
+) -> dict[str, list[Setting]]:
     """EM at each of `em_steps`, ML-EM with `mlem_steps` steps and each budget m of
     top-level evaluations (constant p_l, random and stratified draws, in `groups`
     groups)."""
+
     def mlem(m: float, draws: str) -> Setting:
         p = probabilities_for(calibration, mlem_steps, m, draws)
         return Setting("mlem", mlem_steps, p, label=f"m={m:g}", draws=draws, groups=groups)
@@ -91,9 +124,15 @@ _FULL = (32, 64, 8.0, 128, (8, 16, 32, 64), (2.0, 4.0, 8.0, 16.0, 32.0))
 _QUICK = (4, 8, 2.0, 16, (4, 8), (2.0,))
 
 
-def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 64, seed: int = 0,
-             out_dir: str | os.PathLike = ".", quick: bool = False,
-             calibration: str | os.PathLike | None = None) -> dict:
+def run_demo(
+    directory: str | os.PathLike = CHECKPOINTS,
+    *,
+    count: int = 64,
+    seed: int = 0,
+    out_dir: str | os.PathLike = ".",
+    quick: bool = False,
+    calibration: str | os.PathLike | None = None,
+) -> dict:
     """Sample with EM, ML-EM (constant p_l, stratified draws, p_l(t)) and T-Stitch from
     the same noise and Brownian path, and with EM and ML-EM at several costs; print
     cost and strong error against a fine EM reference; write the samples side by side
@@ -116,8 +155,7 @@ def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 64, see
     `frontier` (curve name -> such rows) and the paths of the two PNGs.
     """
     start = time.perf_counter()
-    em_steps, mlem_steps, m, reference_steps, frontier_steps, budgets = (
-        _QUICK if quick else _FULL)
+    em_steps, mlem_steps, m, reference_steps, frontier_steps, budgets = _QUICK if quick else _FULL
     levels, image_shape, calibration = prepare(directory, "sde", seed, calibration)
     noise_key, path_key, draw_key = jax.random.split(jax.random.key(seed), 3)
     x1 = initial_noise(noise_key, count, image_shape)
@@ -130,53 +168,93 @@ def run_demo(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 64, see
             outcomes[key] = run_setting(setting, levels, x1, path, draw_key, flops, cache)
         outcome = outcomes[key]
         error = strong_error(outcome.samples, reference.samples)
-        return ({"method": setting.label, "gflops": outcome.flops / 1e9,
-                 "seconds": outcome.seconds, "error": error}, outcome.samples)
+        return (
+            {
+                "method": setting.label,
+                "gflops": outcome.flops / 1e9,
+                "seconds": outcome.seconds,
+                "error": error,
+            },
+            outcome.samples,
+        )
 
     reference = run_setting(Setting("em", reference_steps), levels, x1, path, None, flops, cache)
-    runs = [run(setting)
-            for setting in demo_settings(calibration, em_steps, mlem_steps, m, groups=count)]
+    runs = [
+        run(setting)
+        for setting in demo_settings(calibration, em_steps, mlem_steps, m, groups=count)
+    ]
     rows = [row for row, _ in runs]
-    frontier = {name: [run(setting)[0] for setting in settings] for name, settings in
-                frontier_settings(calibration, frontier_steps, mlem_steps, budgets,
-                                  groups=count).items()}
+    frontier = {
+        name: [run(setting)[0] for setting in settings]
+        for name, settings in frontier_settings(
+            calibration, frontier_steps, mlem_steps, budgets, groups=count
+        ).items()
+    }
 
     width = max(len(row["method"]) for row in rows)
     print(f"{'method':<{width}} {'GFLOP/image':>12} {'seconds':>8} {'strong error':>13}")
     for row in rows:
-        print(f"{row['method']:<{width}} {row['gflops']:>12.3f} {row['seconds']:>8.2f} "
-              f"{row['error']:>13.3f}")
+        print(
+            f"{row['method']:<{width}} {row['gflops']:>12.3f} {row['seconds']:>8.2f} "
+            f"{row['error']:>13.3f}"
+        )
     print("cost-error frontier:")
     for name, points in frontier.items():
-        print(f"  {name}: " + ", ".join(
-            f"{p['method']} {p['gflops']:.3f} GFLOP {p['error']:.2f}" for p in points))
+        print(
+            f"  {name}: "
+            + ", ".join(f"{p['method']} {p['gflops']:.3f} GFLOP {p['error']:.2f}" for p in points)
+        )
 
     out_dir = Path(out_dir)
-    titles = [f"{row['method']}\n{row['gflops']:.2f} GFLOP/image, {row['seconds']:.2f} s, "
-              f"error {row['error']:.2f}" for row in rows]
+    titles = [
+        f"{row['method']}\n{row['gflops']:.2f} GFLOP/image, {row['seconds']:.2f} s, "
+        f"error {row['error']:.2f}"
+        for row in rows
+    ]
     samples = sample_panels(
-        out_dir / "demo_samples.png", [s for _, s in runs] + [reference.samples],
-        titles + [f"Reference: EM, largest UNet, {reference_steps} steps\n"
-                  f"{reference.flops / 1e9:.2f} GFLOP/image, {reference.seconds:.2f} s"])
-    curves = {name: [(p["gflops"], p["error"], p["method"]) for p in points]
-              for name, points in frontier.items()}
+        out_dir / "demo_samples.png",
+        [s for _, s in runs] + [reference.samples],
+        titles
+        + [
+            f"Reference: EM, largest UNet, {reference_steps} steps\n"
+            f"{reference.flops / 1e9:.2f} GFLOP/image, {reference.seconds:.2f} s"
+        ],
+    )
+    curves = {
+        name: [(p["gflops"], p["error"], p["method"]) for p in points]
+        for name, points in frontier.items()
+    }
     for row in rows[3:]:  # ML-EM p(t), T-Stitch
         curves[row["method"]] = [(row["gflops"], row["error"], "")]
     figure = frontier_figure(
-        out_dir / "demo_frontier.png", curves,
+        out_dir / "demo_frontier.png",
+        curves,
         title=f"{count} images from the same noise and Brownian path; strong error against "
-              f"EM with {reference_steps} steps")
-    print(f"reference: EM, largest UNet, {reference_steps} steps; {count} images, ML-EM's "
-          "level draws their own; "
-          f"gamma = {calibration['gamma'] or float('nan'):.2f}; wrote {samples} and "
-          f"{figure}; {time.perf_counter() - start:.0f} s in all")
-    return {"rows": rows, "frontier": frontier, "samples_png": str(samples),
-            "frontier_png": str(figure)}
+        f"EM with {reference_steps} steps",
+    )
+    print(
+        f"reference: EM, largest UNet, {reference_steps} steps; {count} images, ML-EM's "
+        "level draws their own; "
+        f"gamma = {calibration['gamma'] or float('nan'):.2f}; wrote {samples} and "
+        f"{figure}; {time.perf_counter() - start:.0f} s in all"
+    )
+    return {
+        "rows": rows,
+        "frontier": frontier,
+        "samples_png": str(samples),
+        "frontier_png": str(figure),
+    }
 
 
-def run_bench(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 16,
-              num_steps: int = 64, repeats: int = 3, seed: int = 0,
-              calibration: str | os.PathLike | None = None) -> dict:
+def run_bench(
+    directory: str | os.PathLike = CHECKPOINTS,
+    *,
+    count: int = 16,
+    num_steps: int = 64,
+    repeats: int = 3,
+    seed: int = 0,
+    calibration: str | os.PathLike | None = None,
+) -> dict:
     """Per-level cost, and EM vs ML-EM sampling with the same step count timed in turns.
 
     **Returns:**
@@ -194,11 +272,18 @@ def run_bench(directory: str | os.PathLike = CHECKPOINTS, *, count: int = 16,
     mlem = Setting("mlem", num_steps, probabilities_for(calibration, num_steps))
     p = jnp.asarray(mlem.probabilities)
     runs = [compile_sampler(setting, levels, x1, path_key) for setting in (em, mlem)]
-    calls = [lambda: runs[0](levels, x1, path_key, draw_key, None),
-             lambda: runs[1](levels, x1, path_key, draw_key, p)]
+    calls = [
+        lambda: runs[0](levels, x1, path_key, draw_key, None),
+        lambda: runs[1](levels, x1, path_key, draw_key, p),
+    ]
     seconds = interleaved_median_seconds(calls, repeats=repeats)
-    print(f"{num_steps} steps, {count} images: EM {seconds[0]:.2f} s, ML-EM "
-          f"{seconds[1]:.2f} s, ratio {seconds[0] / seconds[1]:.2f}x")
-    return {"flops": (costs.flops / count).tolist(),
-            "seconds": (costs.seconds / count).tolist(), "em_seconds": seconds[0],
-            "mlem_seconds": seconds[1]}
+    print(
+        f"{num_steps} steps, {count} images: EM {seconds[0]:.2f} s, ML-EM "
+        f"{seconds[1]:.2f} s, ratio {seconds[0] / seconds[1]:.2f}x"
+    )
+    return {
+        "flops": (costs.flops / count).tolist(),
+        "seconds": (costs.seconds / count).tolist(),
+        "em_seconds": seconds[0],
+        "mlem_seconds": seconds[1],
+    }

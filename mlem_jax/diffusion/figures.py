@@ -27,8 +27,15 @@ def _save(plt, figure, path: str | os.PathLike, dpi: int) -> Path:
     return path
 
 
-def sample_panels(path: str | os.PathLike, grids: Sequence[np.ndarray], titles: Sequence[str],
-                  *, columns: int = 3, panel_inches: float = 4.2, dpi: int = 110) -> Path:
+def sample_panels(
+    path: str | os.PathLike,
+    grids: Sequence[np.ndarray],
+    titles: Sequence[str],
+    *,
+    columns: int = 3,
+    panel_inches: float = 4.2,
+    dpi: int = 110,
+) -> Path:
     """Write one PNG with a titled panel per batch of samples.
 
     **Arguments:**
@@ -46,8 +53,9 @@ def sample_panels(path: str | os.PathLike, grids: Sequence[np.ndarray], titles: 
     The path written.
     """
     if len(grids) != len(titles) or not grids:
-        raise ValueError(f"need one title per panel, got {len(grids)} panels and "
-                         f"{len(titles)} titles.")
+        raise ValueError(
+            f"need one title per panel, got {len(grids)} panels and {len(titles)} titles."
+        )
     plt = _pyplot()
     images = [image_grid(np.asarray(samples), columns=8) for samples in grids]
     aspect = max(image.shape[0] / image.shape[1] for image in images)
@@ -62,9 +70,13 @@ def sample_panels(path: str | os.PathLike, grids: Sequence[np.ndarray], titles: 
     return _save(plt, figure, path, dpi)
 
 
-def frontier_figure(path: str | os.PathLike,
-                    curves: Mapping[str, Sequence[tuple[float, float, str]]],
-                    *, title: str, dpi: int = 110) -> Path:
+def frontier_figure(
+    path: str | os.PathLike,
+    curves: Mapping[str, Sequence[tuple[float, float, str]]],
+    *,
+    title: str,
+    dpi: int = 110,
+) -> Path:
     """Write a PNG of strong error against GFLOP per image, one line per method.
 
     **Arguments:**
@@ -85,8 +97,14 @@ def frontier_figure(path: str | os.PathLike,
         x, y = [p[0] for p in points], [p[1] for p in points]
         (line,) = axis.plot(x, y, marker=marker, label=name)
         for gflops, error, label in points:
-            axis.annotate(label, (gflops, error), textcoords="offset points", xytext=(5, 4),
-                          fontsize=8, color=line.get_color())
+            axis.annotate(
+                label,
+                (gflops, error),
+                textcoords="offset points",
+                xytext=(5, 4),
+                fontsize=8,
+                color=line.get_color(),
+            )
     axis.set_xscale("log")
     axis.set_yscale("log")
     axis.set_xlabel("GFLOP per image")

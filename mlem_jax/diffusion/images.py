@@ -22,7 +22,7 @@ def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
     grid = np.full((rows * (height + 1) + 1, columns * (width + 1) + 1), 255, np.uint8)
     for i, image in enumerate(pixels):
         top, left = 1 + (i // columns) * (height + 1), 1 + (i % columns) * (width + 1)
-        grid[top:top + height, left:left + width] = image
+        grid[top : top + height, left : left + width] = image
     return grid
 
 
@@ -38,8 +38,12 @@ def png_bytes(gray: np.ndarray) -> bytes:
     height, width = gray.shape
     rows = b"".join(b"\x00" + row.tobytes() for row in gray)
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header)
-            + _chunk(b"IDAT", zlib.compress(rows, 9)) + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(rows, 9))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def save_samples(path: str | Path, samples: np.ndarray, columns: int = 8) -> Path:

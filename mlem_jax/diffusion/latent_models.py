@@ -12,6 +12,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from .._family import LevelFamily
 from .sde import VPSDE, _check_kind, reverse_drift
 
+
 FREQUENCIES = 8
 
 
@@ -58,13 +59,30 @@ class ResidualMLP(eqx.Module):
     hidden: tuple[int, ...] = eqx.field(static=True)
     inject_input: bool = eqx.field(static=True)
 
-    def __init__(self, dim: int, stream: int | Sequence[int], hidden: Sequence[int], *,
-                 inject_input: bool = False, key: PRNGKeyArray, sde: VPSDE = VPSDE()):
+    def __init__(
+        self,
+        dim: int,
+        stream: int | Sequence[int],
+        hidden: Sequence[int],
+        *,
+        inject_input: bool = False,
+        key: PRNGKeyArray,
+        sde: VPSDE = VPSDE(),
+    ):
         hidden = tuple(int(w) for w in hidden)
-        streams = ((int(stream),) * len(hidden) if isinstance(stream, (int, np.integer))
-                   else tuple(int(w) for w in stream))
-        if (dim < 1 or not hidden or min(hidden) < 1 or len(streams) != len(hidden)
-                or min(streams) < 1 or list(streams) != sorted(streams)):
+        streams = (
+            (int(stream),) * len(hidden)
+            if isinstance(stream, (int, np.integer))
+            else tuple(int(w) for w in stream)
+        )
+        if (
+            dim < 1
+            or not hidden
+            or min(hidden) < 1
+            or len(streams) != len(hidden)
+            or min(streams) < 1
+            or list(streams) != sorted(streams)
+        ):
             raise ValueError(
                 "`dim`, every `stream` and every `hidden` width must be >= 1, with at least "
                 "one block, `stream` one width or one non-decreasing width per block; got "
@@ -74,14 +92,18 @@ class ResidualMLP(eqx.Module):
         keys = jax.random.split(key, 2 * len(hidden) + 1)
         self.embed = eqx.nn.Linear(dim + features, streams[0], key=keys[0])
         self.blocks = tuple(
-            (eqx.nn.Linear(width + dim * inject_input + features, inner,
-                           key=keys[2 * j + 1]),
-             eqx.nn.Linear(inner, width, key=keys[2 * j + 2]))
+            (
+                eqx.nn.Linear(width + dim * inject_input + features, inner, key=keys[2 * j + 1]),
+                eqx.nn.Linear(inner, width, key=keys[2 * j + 2]),
+            )
             for j, (width, inner) in enumerate(zip(streams, hidden))
         )
         self.readouts = tuple(
-            eqx.tree_at(lambda r: (r.weight, r.bias), eqx.nn.Linear(width, dim, key=key),
-                        (jnp.zeros((dim, width)), jnp.zeros(dim)))
+            eqx.tree_at(
+                lambda r: (r.weight, r.bias),
+                eqx.nn.Linear(width, dim, key=key),
+                (jnp.zeros((dim, width)), jnp.zeros(dim)),
+            )
             for width in streams
         )
         self.sde, self.dim, self.stream, self.hidden = sde, dim, streams, hidden
@@ -103,8 +125,7 @@ class ResidualMLP(eqx.Module):
         h = self.embed(jnp.concatenate([x, e]))
         context = jnp.concatenate([x, e]) if self.inject_input else e
         outputs = []
-        for (first, second), readout, width in zip(self.blocks[:depth], self.readouts,
-                                                   self.stream):
+        for (first, second), readout, width in zip(self.blocks[:depth], self.readouts, self.stream):
             h = jnp.pad(h, (0, width - h.shape[0]))
             h = h + second(jax.nn.silu(first(jnp.concatenate([jax.nn.silu(h), context]))))
             outputs.append(skip + readout(jax.nn.silu(h)))
@@ -138,8 +159,7 @@ class ExitFamily(LevelFamily):
     def num_levels(self) -> int:
         return self.model.num_exits
 
-    def evaluate(self, t: Any, y: Float[Array, "b d"], args: Any, depth: int
-                 ) -> tuple[Array, ...]:
+    def evaluate(self, t: Any, y: Float[Array, "b d"], args: Any, depth: int) -> tuple[Array, ...]:
         noises = jax.vmap(lambda x: self.model.exits(t, x, depth))(y)
         sigma = self.sde.sigma(t)
         return tuple(reverse_drift(self.sde, self.kind, t, y, -eps / sigma) for eps in noises)

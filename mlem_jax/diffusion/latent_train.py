@@ -13,6 +13,7 @@ from .mixture import GaussianMixture
 from .sde import VPSDE
 from .train import T_EPS, TrainConfig, TrainState, run_training
 
+
 TARGETS = ("dsm", "exact")
 
 
@@ -42,8 +43,13 @@ class MixtureObjective(NamedTuple):
     consistency: float = 0.0
     exit_weights: tuple[float, ...] | None = None
 
-    def __call__(self, model: ResidualMLP, teacher: ResidualMLP | None,
-                 mixture: GaussianMixture, key: PRNGKeyArray) -> Array:
+    def __call__(
+        self,
+        model: ResidualMLP,
+        teacher: ResidualMLP | None,
+        mixture: GaussianMixture,
+        key: PRNGKeyArray,
+    ) -> Array:
         if self.target not in TARGETS:
             raise ValueError(f"`target` must be one of {TARGETS}, got {self.target!r}.")
         data_key, time_key, noise_key = jax.random.split(key, 3)
@@ -61,8 +67,11 @@ class MixtureObjective(NamedTuple):
             target = z
         outputs = jax.vmap(lambda s, x: model.exits(s, x, model.num_exits))(t, xt)
         fitted = outputs if self.every_exit else outputs[-1:]
-        weights = np.ones(len(fitted)) if self.exit_weights is None else np.asarray(
-            self.exit_weights, np.float64)
+        weights = (
+            np.ones(len(fitted))
+            if self.exit_weights is None
+            else np.asarray(self.exit_weights, np.float64)
+        )
         if weights.shape != (len(fitted),) or not (weights >= 0).all() or weights.sum() == 0:
             raise ValueError(
                 f"`exit_weights` must be {len(fitted)} non-negative weights, not all 0; got "
@@ -71,8 +80,10 @@ class MixtureObjective(NamedTuple):
         weights = weights / weights.sum()
         loss = sum(w * jnp.mean(jnp.square(eps - target)) for w, eps in zip(weights, fitted))
         if self.consistency:
-            gaps = [jnp.mean(jnp.square(lower - jax.lax.stop_gradient(upper)))
-                    for lower, upper in zip(outputs, outputs[1:])]
+            gaps = [
+                jnp.mean(jnp.square(lower - jax.lax.stop_gradient(upper)))
+                for lower, upper in zip(outputs, outputs[1:])
+            ]
             loss = loss + self.consistency * sum(gaps)
         return loss
 
@@ -95,5 +106,12 @@ def train_on_mixture(
 
     The final `TrainState` (`state.ema` holds the averaged weights).
     """
-    return run_training(models, lambda n: mixture, config, objective, teacher=teacher,
-                        state_path=state_path, progress=progress)
+    return run_training(
+        models,
+        lambda n: mixture,
+        config,
+        objective,
+        teacher=teacher,
+        state_path=state_path,
+        progress=progress,
+    )

@@ -43,9 +43,7 @@ class PCACodec(eqx.Module):
                 f"shape {scales.shape}."
             )
         if int(np.prod(image_shape)) != mean.shape[0]:
-            raise ValueError(
-                f"`image_shape` {image_shape} must hold P = {mean.shape[0]} pixels."
-            )
+            raise ValueError(f"`image_shape` {image_shape} must hold P = {mean.shape[0]} pixels.")
         self.mean = jnp.asarray(mean, jnp.float32)
         self.components = jnp.asarray(components, jnp.float32)
         self.scales = jnp.asarray(scales, jnp.float32)
@@ -60,8 +58,7 @@ class PCACodec(eqx.Module):
         flat = jnp.reshape(images, (images.shape[0], -1)) - self.mean
         return flat @ self.components.T / self.scales
 
-    def decode(self, latents: Float[Array, "n d"], clip: bool = True
-               ) -> Float[Array, "n c h w"]:
+    def decode(self, latents: Float[Array, "n d"], clip: bool = True) -> Float[Array, "n c h w"]:
         """Images of a batch of latents, clipped to the pixel range [-1, 1] unless `clip`
         is False (then `encode` inverts it exactly)."""
         flat = (latents * self.scales) @ self.components + self.mean
@@ -109,11 +106,11 @@ def fit_latent_mixture(
         raise ValueError(f"`width` must be > 0, got {width}.")
     flat = images.reshape(len(images), -1)
     pca = PCA(latent_dim, random_state=seed).fit(flat)
-    codec = PCACodec(pca.mean_, pca.components_, np.sqrt(pca.explained_variance_),
-                     images.shape[1:])
+    codec = PCACodec(pca.mean_, pca.components_, np.sqrt(pca.explained_variance_), images.shape[1:])
     latents = np.asarray(codec.encode(jnp.asarray(images, jnp.float32)), np.float64)
-    fit = SklearnMixture(components, covariance_type="full", reg_covar=min_variance,
-                         random_state=seed, max_iter=500).fit(latents)
+    fit = SklearnMixture(
+        components, covariance_type="full", reg_covar=min_variance, random_state=seed, max_iter=500
+    ).fit(latents)
     mixture = GaussianMixture(fit.weights_, fit.means_, fit.covariances_ * width**2)
     return mixture, codec
 
@@ -121,15 +118,23 @@ def fit_latent_mixture(
 def save_testbed(path: str | Path, mixture: GaussianMixture, codec: PCACodec) -> None:
     """Write a mixture and its codec to one `.npz` file (plain arrays, no pickles)."""
     covariances = np.einsum("kij,kj,klj->kil", mixture.axes, mixture.variances, mixture.axes)
-    np.savez(path, weights=np.exp(np.asarray(mixture.log_weights)), means=mixture.means,
-             covariances=covariances, mean=codec.mean, components=codec.components,
-             scales=codec.scales, image_shape=np.asarray(codec.image_shape))
+    np.savez(
+        path,
+        weights=np.exp(np.asarray(mixture.log_weights)),
+        means=mixture.means,
+        covariances=covariances,
+        mean=codec.mean,
+        components=codec.components,
+        scales=codec.scales,
+        image_shape=np.asarray(codec.image_shape),
+    )
 
 
 def load_testbed(path: str | Path) -> tuple[GaussianMixture, PCACodec]:
     """Read what `save_testbed` wrote."""
     with np.load(path, allow_pickle=False) as stored:
         mixture = GaussianMixture(stored["weights"], stored["means"], stored["covariances"])
-        codec = PCACodec(stored["mean"], stored["components"], stored["scales"],
-                         stored["image_shape"])
+        codec = PCACodec(
+            stored["mean"], stored["components"], stored["scales"], stored["image_shape"]
+        )
     return mixture, codec

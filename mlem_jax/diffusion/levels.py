@@ -45,8 +45,14 @@ def level_name(width: int) -> str:
     return f"unet_w{width}"
 
 
-def build_family(widths: Sequence[int] = WIDTHS, *, multipliers: Sequence[int] = MULTIPLIERS,
-                 channels: int = 1, seed: int = 0, shapes_only: bool = False) -> list[UNet]:
+def build_family(
+    widths: Sequence[int] = WIDTHS,
+    *,
+    multipliers: Sequence[int] = MULTIPLIERS,
+    channels: int = 1,
+    seed: int = 0,
+    shapes_only: bool = False,
+) -> list[UNet]:
     """Freshly initialised UNets, one per width, cheapest first; with `shapes_only`,
     their structure with `jax.ShapeDtypeStruct` leaves (fast: no eager initialisation)."""
     if list(widths) != sorted(set(widths)):
@@ -56,13 +62,29 @@ def build_family(widths: Sequence[int] = WIDTHS, *, multipliers: Sequence[int] =
     return [build(UNet, w, multipliers, channels, key=k) for w, k in zip(widths, keys)]
 
 
-def _save_level(directory: Path, model: UNet, dataset: str, images, state: TrainState,
-                loss: float, config: TrainConfig, **extra) -> None:
+def _save_level(
+    directory: Path,
+    model: UNet,
+    dataset: str,
+    images,
+    state: TrainState,
+    loss: float,
+    config: TrainConfig,
+    **extra,
+) -> None:
     """Write one level's checkpoint with the manifest entries of a training run."""
-    save_model(directory / level_name(model.width), model, dataset=dataset,
-               image_shape=list(images.shape[1:]), train_images=len(images),
-               steps=int(state.step), final_loss=loss, train_seconds=float(state.seconds),
-               config=config._asdict(), **extra)
+    save_model(
+        directory / level_name(model.width),
+        model,
+        dataset=dataset,
+        image_shape=list(images.shape[1:]),
+        train_images=len(images),
+        steps=int(state.step),
+        final_loss=loss,
+        train_seconds=float(state.seconds),
+        config=config._asdict(),
+        **extra,
+    )
 
 
 def train_levels(
@@ -94,16 +116,34 @@ def train_levels(
     directory = user_directory() / "checkpoints" if directory is None else Path(directory)
     data = load_dataset(dataset, "train")
     state_path = directory / "train_state.eqx" if state_path is None else state_path
-    models = build_family(widths, channels=data.images.shape[1], seed=config.seed,
-                          shapes_only=Path(state_path).exists())
+    models = build_family(
+        widths,
+        channels=data.images.shape[1],
+        seed=config.seed,
+        shapes_only=Path(state_path).exists(),
+    )
 
     def write_checkpoints(state: TrainState) -> None:
         for model, loss in zip(state.ema, state.loss.tolist()):
-            _save_level(directory, model, dataset, data.images, state, loss, config,
-                        objective="denoising score matching")
+            _save_level(
+                directory,
+                model,
+                dataset,
+                data.images,
+                state,
+                loss,
+                config,
+                objective="denoising score matching",
+            )
 
-    return train(models, data.images, config, state_path=state_path,
-                 on_save=write_checkpoints, progress=progress)
+    return train(
+        models,
+        data.images,
+        config,
+        state_path=state_path,
+        on_save=write_checkpoints,
+        progress=progress,
+    )
 
 
 def distill_levels(
@@ -142,13 +182,15 @@ def distill_levels(
     directory = Path(directory)
     models, manifests = load_levels(directory)
     if len(models) < 2:
-        raise ValueError(f"distillation needs at least two levels in {directory}, "
-                         f"found {len(models)}.")
+        raise ValueError(
+            f"distillation needs at least two levels in {directory}, found {len(models)}."
+        )
     (*students, teacher), teacher_manifest = models, manifests[-1]
     dataset = teacher_manifest["dataset"]
     data = load_dataset(dataset, "train")
-    pretrained = [m.get("pretrained", {k: m[k] for k in m if k in _TRAINING_KEYS})
-                  for m in manifests[:-1]]
+    pretrained = [
+        m.get("pretrained", {k: m[k] for k in m if k in _TRAINING_KEYS}) for m in manifests[:-1]
+    ]
     teacher_record = {"width": teacher.width, "sha256": teacher_manifest["sha256"]}
 
     out_dir = output_directory(directory) if out_dir is None else Path(out_dir)
@@ -160,16 +202,34 @@ def distill_levels(
 
     def write_checkpoints(state: TrainState) -> None:
         for model, loss, before in zip(state.ema, state.loss.tolist(), pretrained):
-            _save_level(out_dir, model, dataset, data.images, state, loss, config,
-                        objective="distillation", teacher=teacher_record, pretrained=before)
+            _save_level(
+                out_dir,
+                model,
+                dataset,
+                data.images,
+                state,
+                loss,
+                config,
+                objective="distillation",
+                teacher=teacher_record,
+                pretrained=before,
+            )
 
     state_path = out_dir / "distill_state.eqx" if state_path is None else state_path
-    return train(students, data.images, config, teacher=teacher, state_path=state_path,
-                 on_save=write_checkpoints, progress=progress)
+    return train(
+        students,
+        data.images,
+        config,
+        teacher=teacher,
+        state_path=state_path,
+        on_save=write_checkpoints,
+        progress=progress,
+    )
 
 
-def load_levels(directory: str | os.PathLike = CHECKPOINTS, widths: Sequence[int] | None = None
-                ) -> tuple[list[UNet], list[dict]]:
+def load_levels(
+    directory: str | os.PathLike = CHECKPOINTS, widths: Sequence[int] | None = None
+) -> tuple[list[UNet], list[dict]]:
     """Load the checkpoints of `widths` (default: every `unet_w*` in `directory`).
 
     **Returns:**

@@ -27,11 +27,14 @@ def _features(model: Classifier, images: Array) -> Array:
     return jax.vmap(model.features)(images)
 
 
-def classifier_features(model: Classifier, images: Array | np.ndarray, batch_size: int = 500
-                        ) -> np.ndarray:
+def classifier_features(
+    model: Classifier, images: Array | np.ndarray, batch_size: int = 500
+) -> np.ndarray:
     """`model.features` of every image, (n, f), in batches of `batch_size`."""
-    parts = [np.asarray(_features(model, jnp.asarray(images[i:i + batch_size])))
-             for i in range(0, len(images), batch_size)]
+    parts = [
+        np.asarray(_features(model, jnp.asarray(images[i : i + batch_size])))
+        for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(parts).astype(np.float64)
 
 
@@ -54,8 +57,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(mean + np.trace(cov_a) + np.trace(cov_b) - 2.0 * cross)
 
 
-def quality_score(model: Classifier, samples: Array | np.ndarray, held_out: np.ndarray
-                  ) -> float:
+def quality_score(model: Classifier, samples: Array | np.ndarray, held_out: np.ndarray) -> float:
     """FID-style score of `samples` against the held-out images (lower is better)."""
-    return frechet_distance(classifier_features(model, samples),
-                            classifier_features(model, held_out))
+    return frechet_distance(
+        classifier_features(model, samples), classifier_features(model, held_out)
+    )

@@ -49,8 +49,7 @@ class GaussianMixture(eqx.Module):
         variances, axes = np.linalg.eigh(0.5 * (covariances + covariances.swapaxes(1, 2)))
         if not (variances > 0).all():
             raise ValueError(
-                "`covariances` must be positive definite, got an eigenvalue "
-                f"{variances.min():.3g}."
+                f"`covariances` must be positive definite, got an eigenvalue {variances.min():.3g}."
             )
         self.log_weights = jnp.asarray(np.log(weights / weights.sum()), jnp.float32)
         self.means = jnp.asarray(means, jnp.float32)
@@ -65,7 +64,8 @@ class GaussianMixture(eqx.Module):
         """The law of X_t = alpha(t) X_0 + sigma(t) Z, X_0 from this mixture."""
         alpha, sigma = sde.alpha(t), sde.sigma(t)
         return eqx.tree_at(
-            lambda m: (m.means, m.variances), self,
+            lambda m: (m.means, m.variances),
+            self,
             (alpha * self.means, alpha**2 * self.variances + sigma**2),
         )
 
@@ -73,9 +73,11 @@ class GaussianMixture(eqx.Module):
         """Per component: log(w_k N(x; mu_k, Sigma_k)) and Sigma_k^-1 (x - mu_k)."""
         rotated = jnp.einsum("kij,ki->kj", self.axes, x - self.means)  # U_k^T (x - mu_k)
         scaled = rotated / self.variances
-        log_normal = -0.5 * (jnp.sum(rotated * scaled, axis=1)
-                             + jnp.sum(jnp.log(self.variances), axis=1)
-                             + self.dim * jnp.log(2 * jnp.pi))
+        log_normal = -0.5 * (
+            jnp.sum(rotated * scaled, axis=1)
+            + jnp.sum(jnp.log(self.variances), axis=1)
+            + self.dim * jnp.log(2 * jnp.pi)
+        )
         return self.log_weights + log_normal, jnp.einsum("kij,kj->ki", self.axes, scaled)
 
     def log_density(self, x: Float[Array, " d"]) -> Float[Array, ""]:

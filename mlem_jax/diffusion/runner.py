@@ -51,8 +51,9 @@ Sampler = Callable[[Sequence[ScoreDrift], Array, Any, PRNGKeyArray, Array | None
 _COMPILED: dict = {}  # run_setting's samplers, by signature, when the caller keeps none
 
 
-def compile_sampler(setting: Setting, levels: Sequence[ScoreDrift] | LevelFamily,
-                    x1: Array, brownian: Any) -> Sampler:
+def compile_sampler(
+    setting: Setting, levels: Sequence[ScoreDrift] | LevelFamily, x1: Array, brownian: Any
+) -> Sampler:
     """The sampler of `setting`, lowered and compiled for arguments like these, as
     `run(levels, x1, brownian, key, probabilities) -> Solution`: the levels' weights,
     the noise, the Brownian path, the ML-EM draw key and p_l are arguments, so one
@@ -73,21 +74,31 @@ def compile_sampler(setting: Setting, levels: Sequence[ScoreDrift] | LevelFamily
         if mlem and not family:
             levels, probabilities = [levels[i] for i in needed], probabilities[..., needed]
         solution = sample(
-            setting.method, levels, x1, setting.num_steps, key=key,
-            brownian=brownian, probabilities=probabilities, draws=setting.draws,
-            groups=setting.groups, switch=setting.switch, small=setting.small,
+            setting.method,
+            levels,
+            x1,
+            setting.num_steps,
+            key=key,
+            brownian=brownian,
+            probabilities=probabilities,
+            draws=setting.draws,
+            groups=setting.groups,
+            switch=setting.switch,
+            small=setting.small,
         )
         if not mlem or family:
             return solution
         evaluations = jnp.zeros(len(dynamic), solution.evaluations.dtype)
-        return eqx.tree_at(lambda s: s.evaluations, solution,
-                           evaluations.at[needed].set(solution.evaluations))
+        return eqx.tree_at(
+            lambda s: s.evaluations, solution, evaluations.at[needed].set(solution.evaluations)
+        )
 
     key = jax.random.key(0)
     p = jnp.ones(np.shape(setting.probabilities)) if mlem else None
     compiled = jax.jit(run).lower(dynamic, x1, brownian, key, p).compile()
     return lambda levels, x1, brownian, key, p: compiled(
-        eqx.filter(_as_tree(levels), eqx.is_array), x1, brownian, key, p)
+        eqx.filter(_as_tree(levels), eqx.is_array), x1, brownian, key, p
+    )
 
 
 def _as_tree(levels: Sequence[ScoreDrift] | LevelFamily) -> Any:
@@ -95,9 +106,15 @@ def _as_tree(levels: Sequence[ScoreDrift] | LevelFamily) -> Any:
     return levels if isinstance(levels, LevelFamily) else list(levels)
 
 
-def run_setting(setting: Setting, levels: Sequence[ScoreDrift] | LevelFamily, x1: Array,
-                brownian: Any, key: PRNGKeyArray | None, flops: Sequence[float],
-                cache: dict | None = None) -> Outcome:
+def run_setting(
+    setting: Setting,
+    levels: Sequence[ScoreDrift] | LevelFamily,
+    x1: Array,
+    brownian: Any,
+    key: PRNGKeyArray | None,
+    flops: Sequence[float],
+    cache: dict | None = None,
+) -> Outcome:
     """Run `setting` once (timed, compilation excluded) and account its FLOPs per image.
 
     **Arguments:**
@@ -122,10 +139,22 @@ def run_setting(setting: Setting, levels: Sequence[ScoreDrift] | LevelFamily, x1
     needed = needed_levels(setting.probabilities) if setting.method == "mlem" else None
     arrays = eqx.filter(_as_tree(levels), eqx.is_array)
     leaves = tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree_util.tree_leaves(arrays))
-    signature = (setting.method, setting.num_steps, setting.draws, setting.groups,
-                 setting.switch, setting.small, needed, np.shape(setting.probabilities),
-                 x1.shape, x1.dtype, getattr(x1, "sharding", None), type(brownian).__name__,
-                 jax.tree_util.tree_structure(arrays), leaves)
+    signature = (
+        setting.method,
+        setting.num_steps,
+        setting.draws,
+        setting.groups,
+        setting.switch,
+        setting.small,
+        needed,
+        np.shape(setting.probabilities),
+        x1.shape,
+        x1.dtype,
+        getattr(x1, "sharding", None),
+        type(brownian).__name__,
+        jax.tree_util.tree_structure(arrays),
+        leaves,
+    )
     cache = _COMPILED if cache is None else cache
     if signature not in cache:
         cache[signature] = compile_sampler(setting, levels, x1, brownian)
@@ -135,7 +164,14 @@ def run_setting(setting: Setting, levels: Sequence[ScoreDrift] | LevelFamily, x1
     start = time.perf_counter()
     solution = jax.block_until_ready(run(levels, x1, brownian, key, p))
     seconds = time.perf_counter() - start
-    cost = method_cost(setting.method, solution.evaluations, flops, setting.num_steps,
-                       setting.switch, setting.small, T_MIN,
-                       shared=isinstance(levels, LevelFamily))
+    cost = method_cost(
+        setting.method,
+        solution.evaluations,
+        flops,
+        setting.num_steps,
+        setting.switch,
+        setting.small,
+        T_MIN,
+        shared=isinstance(levels, LevelFamily),
+    )
     return Outcome(np.asarray(solution.ys), cost, seconds, np.asarray(solution.evaluations))

@@ -17,8 +17,9 @@ T_MIN = 1e-3
 METHODS = ("em", "mlem", "tstitch")
 
 
-def score_levels(models: Sequence[UNet], kind: str = "sde", sde: VPSDE = VPSDE()
-                 ) -> list[ScoreDrift]:
+def score_levels(
+    models: Sequence[UNet], kind: str = "sde", sde: VPSDE = VPSDE()
+) -> list[ScoreDrift]:
     """One reverse-drift level per UNet, cheapest first."""
     return [ScoreDrift(model, sde, kind) for model in models]
 
@@ -115,8 +116,10 @@ def sample(
         chosen = levels if isinstance(levels, LevelFamily) else list(levels)
     elif method == "tstitch":
         if switch is None:
-            raise ValueError("`switch` (time of the hand-over to the large model) is "
-                             "required for method 'tstitch'.")
+            raise ValueError(
+                "`switch` (time of the hand-over to the large model) is "
+                "required for method 'tstitch'."
+            )
         chosen = [StitchedDrift(levels[small], levels[-1], float(switch))]
         probabilities = None
     else:
@@ -124,20 +127,36 @@ def sample(
     process = _process(levels)
     sde_kind = process.kind == "sde"
     if sde_kind and brownian is None:
-        raise ValueError("`brownian` (a PRNG key or a Brownian path) is required for "
-                         "reverse-SDE levels.")
+        raise ValueError(
+            "`brownian` (a PRNG key or a Brownian path) is required for reverse-SDE levels."
+        )
     return solve(
-        chosen, x1, 1.0, t_min, num_steps, probabilities=probabilities,
-        key=key if method == "mlem" else None, draws=draws,
+        chosen,
+        x1,
+        1.0,
+        t_min,
+        num_steps,
+        probabilities=probabilities,
+        key=key if method == "mlem" else None,
+        draws=draws,
         diffusion=process.sde.diffusion if sde_kind else None,
-        brownian=brownian if sde_kind else None, saveat=saveat,
-        groups=groups if method == "mlem" else 1, throw=throw,
+        brownian=brownian if sde_kind else None,
+        saveat=saveat,
+        groups=groups if method == "mlem" else 1,
+        throw=throw,
     )
 
 
-def method_cost(method: str, evaluations: Any, level_costs: Any, num_steps: int,
-                switch: float | None = None, small: int = -2, t_min: float = T_MIN,
-                shared: bool = False) -> float:
+def method_cost(
+    method: str,
+    evaluations: Any,
+    level_costs: Any,
+    num_steps: int,
+    switch: float | None = None,
+    small: int = -2,
+    t_min: float = T_MIN,
+    shared: bool = False,
+) -> float:
     """Cost of one run: evaluations @ costs (ML-EM), N c_K (EM), or the T-Stitch split.
 
     **Arguments:**

@@ -8,6 +8,7 @@ from .latent_models import ExitFamily
 from .latents import PCACodec, load_testbed
 from .mixture import GaussianMixture
 
+
 TESTBED_FILES = Path(__file__).parent / "checkpoints"
 TESTBEDS = {
     "pca16": "testbed_pca16.npz",  # 16 principal axes, 16 components
@@ -26,8 +27,7 @@ def load_named_testbed(name: str) -> tuple[GaussianMixture, PCACodec]:
     return load_testbed(TESTBED_FILES / TESTBEDS[name])
 
 
-def load_ladder(path: str | os.PathLike = TESTBED_FILES / LADDER, kind: str = "sde"
-                ) -> ExitFamily:
+def load_ladder(path: str | os.PathLike = TESTBED_FILES / LADDER, kind: str = "sde") -> ExitFamily:
     """The shipped early-exit network of the `"pca16"` testbed (or another
     `ResidualMLP` checkpoint) as a `LevelFamily` of reverse drifts."""
     model, _ = load_model(path, {"model": "ResidualMLP"})

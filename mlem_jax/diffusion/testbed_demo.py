@@ -25,16 +25,31 @@ def demo_settings(operating: dict) -> list[tuple[Setting, list | None]]:
     ladder's manifest records (measured by experiments/ladders.py)."""
     em, mlem = operating["em"], operating["mlem"]
     return [
-        (Setting("em", em["steps"], label=f"EM, exit {em['level'] + 1}, {em['steps']} steps"),
-         [em["level"]]),
-        (Setting("mlem", mlem["steps"], tuple(mlem["probabilities"]), draws=mlem["draws"],
-                 label=f"ML-EM {mlem['draws']}, {mlem['steps']} steps"), None),
+        (
+            Setting("em", em["steps"], label=f"EM, exit {em['level'] + 1}, {em['steps']} steps"),
+            [em["level"]],
+        ),
+        (
+            Setting(
+                "mlem",
+                mlem["steps"],
+                tuple(mlem["probabilities"]),
+                draws=mlem["draws"],
+                label=f"ML-EM {mlem['draws']}, {mlem['steps']} steps",
+            ),
+            None,
+        ),
     ]
 
 
-def run_testbed_demo(out_dir: str | os.PathLike = ".", *, count: int = 256, seed: int = 0,
-                     reference_steps: int = 1024, path: str | os.PathLike = TESTBED_FILES / LADDER
-                     ) -> list[dict]:
+def run_testbed_demo(
+    out_dir: str | os.PathLike = ".",
+    *,
+    count: int = 256,
+    seed: int = 0,
+    reference_steps: int = 1024,
+    path: str | os.PathLike = TESTBED_FILES / LADDER,
+) -> list[dict]:
     """Sample the `pca16` testbed by EM and ML-EM with the shipped ladder, print FLOPs,
     milliseconds per sample and strong error against the exact-score solution, and write
     the decoded digits (exact | EM | ML-EM, the same noise) to `testbed_digits.png`.
@@ -62,10 +77,18 @@ def run_testbed_demo(out_dir: str | os.PathLike = ".", *, count: int = 256, seed
         run = compile_sampler(setting, levels, x1, brownian)
         solution = run(levels, x1, brownian, draw_key, p)
         calls.append(lambda run=run, levels=levels, p=p: run(levels, x1, brownian, draw_key, p))
-        cost = (np.diff(costs, prepend=0.0) @ np.asarray(solution.evaluations)
-                if chosen is None else setting.num_steps * costs[0])
-        rows.append({"method": setting.label, "mflops": cost / 1e6,
-                     "error": strong_error(solution.ys, truth)})
+        cost = (
+            np.diff(costs, prepend=0.0) @ np.asarray(solution.evaluations)
+            if chosen is None
+            else setting.num_steps * costs[0]
+        )
+        rows.append(
+            {
+                "method": setting.label,
+                "mflops": cost / 1e6,
+                "error": strong_error(solution.ys, truth),
+            }
+        )
         grids.append(np.asarray(solution.ys))
     for row, seconds in zip(rows, interleaved_median_seconds(calls, repeats=3)):
         row["ms"] = 1e3 * seconds / count
@@ -74,9 +97,12 @@ def run_testbed_demo(out_dir: str | os.PathLike = ".", *, count: int = 256, seed
     png = save_samples(Path(out_dir) / "testbed_digits.png", digits, columns=shown)
     print(f"{'method':<28} {'MFLOP/sample':>13} {'ms/sample':>10} {'strong error':>13}")
     for row in rows:
-        print(f"{row['method']:<28} {row['mflops']:>13.2f} {row['ms']:>10.3f} "
-              f"{row['error']:>13.3f}")
-    print(f"testbed pca16 (exact score known); truth: exact score, {reference_steps} steps; "
-          f"{count} samples; {png}: rows exact | EM | ML-EM, same noise; "
-          f"{time.perf_counter() - start:.0f} s")
+        print(
+            f"{row['method']:<28} {row['mflops']:>13.2f} {row['ms']:>10.3f} {row['error']:>13.3f}"
+        )
+    print(
+        f"testbed pca16 (exact score known); truth: exact score, {reference_steps} steps; "
+        f"{count} samples; {png}: rows exact | EM | ML-EM, same noise; "
+        f"{time.perf_counter() - start:.0f} s"
+    )
     return rows

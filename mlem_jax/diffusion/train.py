@@ -60,16 +60,16 @@ def _per_image(a: Array) -> Array:
     return a[:, None, None, None]
 
 
-def dsm_loss(model: UNet, sde: VPSDE, x0: Float[Array, "b c h w"], key: PRNGKeyArray
-             ) -> Array:
+def dsm_loss(model: UNet, sde: VPSDE, x0: Float[Array, "b c h w"], key: PRNGKeyArray) -> Array:
     """Denoising score matching in noise form: E ||eps(x_t, t) - z||^2 per pixel, with
     x_t = alpha(t) x0 + sigma(t) z and t ~ U(T_EPS, 1)."""
     t, xt, z = _noised(sde, x0, key)
     return jnp.mean(jnp.square(jax.vmap(model)(t, xt) - z))
 
 
-def distillation_loss(model: UNet, teacher: UNet, sde: VPSDE, x0: Float[Array, "b c h w"],
-                      key: PRNGKeyArray) -> Array:
+def distillation_loss(
+    model: UNet, teacher: UNet, sde: VPSDE, x0: Float[Array, "b c h w"], key: PRNGKeyArray
+) -> Array:
     """The squared difference of the reverse-SDE drifts of `model` and `teacher`, per
     pixel: E (beta(t) / sigma(t))^2 ||eps(x_t, t) - eps_teacher(x_t, t)||^2 on the same
     noised images as `dsm_loss`.
@@ -84,7 +84,10 @@ def distillation_loss(model: UNet, teacher: UNet, sde: VPSDE, x0: Float[Array, "
 def optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """Adam with linear warm-up and cosine decay to a tenth of the peak rate."""
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, config.warmup, max(config.steps, config.warmup + 1),
+        0.0,
+        config.learning_rate,
+        config.warmup,
+        max(config.steps, config.warmup + 1),
         config.learning_rate / 10,
     )
     return optax.adam(schedule)
@@ -110,8 +113,7 @@ class ImageObjective(NamedTuple):
 
     sde: VPSDE
 
-    def __call__(self, model: UNet, teacher: UNet | None, batch: Array, key: PRNGKeyArray
-                 ) -> Array:
+    def __call__(self, model: UNet, teacher: UNet | None, batch: Array, key: PRNGKeyArray) -> Array:
         if teacher is None:
             return dsm_loss(model, self.sde, batch, key)
         return distillation_loss(model, teacher, self.sde, batch, key)
@@ -140,7 +142,8 @@ def build_train_step(config: TrainConfig, objective: Callable) -> Callable:
             decay = ema_decay(config.ema_decay, state.step)
             average = jax.tree_util.tree_map(
                 lambda e, p: decay * e + (1 - decay) * p,
-                eqx.filter(average, eqx.is_array), eqx.filter(model, eqx.is_array),
+                eqx.filter(average, eqx.is_array),
+                eqx.filter(model, eqx.is_array),
             )
             params.append(model)
             ema.append(eqx.combine(average, model))
@@ -148,8 +151,9 @@ def build_train_step(config: TrainConfig, objective: Callable) -> Callable:
             losses.append(loss)
         losses = jnp.stack(losses)
         smoothed = jnp.where(state.step == 0, losses, 0.98 * state.loss + 0.02 * losses)
-        return TrainState(tuple(params), tuple(ema), tuple(opt_states), state.step + 1,
-                          smoothed, state.seconds)
+        return TrainState(
+            tuple(params), tuple(ema), tuple(opt_states), state.step + 1, smoothed, state.seconds
+        )
 
     return step
 
@@ -197,8 +201,14 @@ def train(
     if len(images) == 0 or np.ndim(images) != 4:
         raise ValueError(f"`images` must have shape (n, C, H, W), n > 0, got {np.shape(images)}.")
     return run_training(
-        models, lambda n: jnp.asarray(_batch(images, config, n)), config, ImageObjective(sde),
-        teacher=teacher, state_path=state_path, save_every=save_every, on_save=on_save,
+        models,
+        lambda n: jnp.asarray(_batch(images, config, n)),
+        config,
+        ImageObjective(sde),
+        teacher=teacher,
+        state_path=state_path,
+        save_every=save_every,
+        on_save=on_save,
         progress=progress,
     )
 
@@ -236,8 +246,13 @@ def run_training(
             on_save(state)
         return state
 
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps,
-               disable=not progress, desc="training")
+    bar = tqdm(
+        range(start, config.steps),
+        initial=start,
+        total=config.steps,
+        disable=not progress,
+        desc="training",
+    )
     for n in bar:
         state = step_fn(state, data_at(n), jax.random.fold_in(key, n), teacher)
         if (n + 1) % 25 == 0:

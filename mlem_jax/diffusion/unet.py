@@ -32,8 +32,12 @@ def conv_channels_last(conv: eqx.nn.Conv2d, x: Float[Array, "h w c"]) -> Array:
     equinox's layout, so checkpoints do not change, and transposed here (a few kB).
     """
     y = jax.lax.conv_general_dilated(
-        x[None], jnp.transpose(conv.weight, (2, 3, 1, 0)), conv.stride, conv.padding,
-        rhs_dilation=conv.dilation, feature_group_count=conv.groups,
+        x[None],
+        jnp.transpose(conv.weight, (2, 3, 1, 0)),
+        conv.stride,
+        conv.padding,
+        rhs_dilation=conv.dilation,
+        feature_group_count=conv.groups,
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )[0]
     return y if conv.bias is None else y + conv.bias.reshape(-1)
@@ -108,8 +112,14 @@ class UNet(eqx.Module):
     norm_out: eqx.nn.GroupNorm
     conv_out: eqx.nn.Conv2d
 
-    def __init__(self, width: int, multipliers: Sequence[int] = (1, 2, 2), channels: int = 1,
-                 *, key: PRNGKeyArray):
+    def __init__(
+        self,
+        width: int,
+        multipliers: Sequence[int] = (1, 2, 2),
+        channels: int = 1,
+        *,
+        key: PRNGKeyArray,
+    ):
         if width < 1 or not multipliers or min(multipliers) < 1:
             raise ValueError(
                 f"`width` and `multipliers` must be positive, got width={width}, "
@@ -119,8 +129,9 @@ class UNet(eqx.Module):
         sizes = [width * m for m in self.multipliers]
         embedding = 2 * width
         keys = iter(jax.random.split(key, 4 * len(sizes) + 4))
-        self.embed = eqx.nn.MLP(EMBEDDING_DIM, embedding, embedding, 1,
-                                activation=jax.nn.silu, key=next(keys))
+        self.embed = eqx.nn.MLP(
+            EMBEDDING_DIM, embedding, embedding, 1, activation=jax.nn.silu, key=next(keys)
+        )
         self.conv_in = eqx.nn.Conv2d(channels, width, 3, padding=1, key=next(keys))
         self.down = [ResBlock(c, c, embedding, key=next(keys)) for c in sizes]
         self.downsample = [
@@ -135,8 +146,9 @@ class UNet(eqx.Module):
         self.norm_out = eqx.nn.GroupNorm(_groups(width), width)
         self.conv_out = eqx.nn.Conv2d(width, channels, 3, padding=1, key=next(keys))
 
-    def __call__(self, t: float | Float[Array, ""], x: Float[Array, "c h w"]
-                 ) -> Float[Array, "c h w"]:
+    def __call__(
+        self, t: float | Float[Array, ""], x: Float[Array, "c h w"]
+    ) -> Float[Array, "c h w"]:
         """The predicted noise at time t for ONE image x (callers `vmap` over a batch)."""
         if x.ndim != 3 or x.shape[0] != self.channels:
             raise ValueError(
@@ -167,7 +179,10 @@ def parameter_count(model: eqx.Module) -> int:
     """Number of scalar parameters of `model`: the sizes of its floating leaves (arrays
     or the `jax.ShapeDtypeStruct`s of `eqx.filter_eval_shape(UNet, ...)`)."""
     leaves = jax.tree_util.tree_leaves(model)
-    return int(sum(
-        math.prod(leaf.shape) for leaf in leaves
-        if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact)
-    ))
+    return int(
+        sum(
+            math.prod(leaf.shape)
+            for leaf in leaves
+            if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact)
+        )
+    )
