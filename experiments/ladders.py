@@ -76,8 +76,10 @@ from mlem_jax.diffusion.train import TrainConfig
 
 RESULTS = Path(__file__).parent / "results"
 SDE = VPSDE()
+FAMILIES = ("independent", "distilled", "exits", "exits_v", "exits_x", "stacked")
 FULL = dict(
     testbeds=("pca16", "pca32"),
+    families=FAMILIES,
     widths=(16, 32, 64, 128, 256),
     stream=128,
     hidden=(16, 32, 64, 128, 256, 512),
@@ -104,6 +106,7 @@ FULL = dict(
 QUICK = dict(
     FULL,
     testbeds=("pca16",),
+    families=("independent", "exits"),
     widths=(8, 16, 32),
     stream=16,
     hidden=(8, 16, 32),
@@ -123,7 +126,6 @@ QUICK = dict(
     quality_batches=3,
     exact_samples=500,
 )
-FAMILIES = ("independent", "distilled", "exits", "exits_v", "exits_x", "stacked")
 # The early-exit families: (weight of the consistency penalty, input to every block).
 EXITS = {"exits": (0.0, False), "exits_v": (None, False), "exits_x": (0.0, True)}
 DRAWS = ("random", "stratified")
@@ -794,7 +796,7 @@ def main(argv: list[str] | None = None) -> dict:
         mixture, _ = load_named_testbed(testbed)
         bench = make_bench(mixture, config)
         families, trained = {}, {}
-        for name in FAMILIES:
+        for name in config["families"]:
             trained[name] = train_family(name, mixture, config, models_dir / testbed)
             result = measure_family(name, trained[name], bench, config)
             analysis = result["analysis"] = analyse_family(result, config)
@@ -899,11 +901,12 @@ def plot(raw: dict, summary: dict, path_frontier: Path, path_levels: Path) -> No
     import matplotlib.pyplot as plt
 
     testbeds = raw["testbeds"]
+    families = list(next(iter(testbeds.values()))["families"])
     fig, axes = plt.subplots(
         len(testbeds),
-        len(FAMILIES),
+        len(families),
         squeeze=False,
-        figsize=(3.6 * len(FAMILIES), 3.4 * len(testbeds)),
+        figsize=(3.6 * len(families), 3.4 * len(testbeds)),
         sharey="row",
     )
     for row, (name, testbed) in zip(axes, testbeds.items()):
