@@ -211,10 +211,10 @@ def bench_skipping(repeats):
     return results
 
 
-def command_line(doc: str, measure: Callable[[int], dict], repeats: int = 7) -> None:
+def command_line(doc: str | None, measure: Callable[[int], dict], repeats: int = 7) -> None:
     """A benchmark's command line: `--repeats` and `--json`; prints the device, runs
     `measure(repeats)` and writes what it returns, with the device and the repeats."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(doc or "").partition("\n")[0])
     parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--json", type=Path, help="also write the results here")
     arguments = parser.parse_args()

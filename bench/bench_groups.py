@@ -81,7 +81,9 @@ def unets(repeats: int) -> list[dict]:
     models, manifests = load_levels(CHECKPOINTS)
     levels, shape = score_levels(models), tuple(manifests[-1]["image_shape"])
     num_steps = 32
-    p = probabilities_for(read_calibration(CHECKPOINTS / "calibration.json", "sde"), num_steps, 4.0)
+    calibration = read_calibration(CHECKPOINTS / "calibration.json", "sde")
+    assert calibration is not None, "the shipped UNets' calibration.json is missing"
+    p = probabilities_for(calibration, num_steps, 4.0)
     print(
         f"2. shipped UNets (widths {[m.width for m in models]}), ML-EM, {num_steps} "
         f"steps, p = {np.round(p, 3).tolist()}"

@@ -69,7 +69,9 @@ def cases():
 
     models, manifests = load_levels(CHECKPOINTS)
     levels, shape = score_levels(models), tuple(manifests[-1]["image_shape"])
-    p = probabilities_for(read_calibration(CHECKPOINTS / "calibration.json", "sde"), 32, 4.0)
+    calibration = read_calibration(CHECKPOINTS / "calibration.json", "sde")
+    assert calibration is not None, "the shipped UNets' calibration.json is missing"
+    p = probabilities_for(calibration, 32, 4.0)
     unet = [
         jax.jit(
             lambda x, throw=throw: (

@@ -54,6 +54,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import equinox as eqx
 import jax
@@ -77,7 +78,7 @@ from mlem_jax.diffusion.train import TrainConfig
 RESULTS = Path(__file__).parent / "results"
 SDE = VPSDE()
 FAMILIES = ("independent", "distilled", "exits", "exits_v", "exits_x", "stacked")
-FULL = dict(
+FULL: dict[str, Any] = dict(
     testbeds=("pca16", "pca32"),
     families=FAMILIES,
     widths=(16, 32, 64, 128, 256),
@@ -103,7 +104,7 @@ FULL = dict(
     exact_samples=10_000,
     target_slack=1.1,
 )
-QUICK = dict(
+QUICK: dict[str, Any] = dict(
     FULL,
     testbeds=("pca16",),
     families=("independent", "exits"),
@@ -152,12 +153,13 @@ def train_family(name: str, mixture, config: dict, directory: Path) -> list[Resi
         )
     paths = [directory / name / f"level{i}" for i in range(len(shapes))]
     try:
-        return [load_model(p)[0] for p in paths]
+        return [cast(ResidualMLP, load_model(p)[0]) for p in paths]
     except CheckpointError:
         pass
     train = config["config"]
     objective = MixtureObjective(SDE, train.batch_size, "exact", every_exit=False)
     start = time.perf_counter()
+    models: list[Any]
     if name == "independent":
         models = list(train_on_mixture(shapes, mixture, train, objective, progress=False).ema)
     elif name == "distilled":
@@ -181,7 +183,7 @@ def train_family(name: str, mixture, config: dict, directory: Path) -> list[Resi
             path, model, family=name, train_seconds=seconds, target="exact", config=train._asdict()
         )
     print(f"  trained {name} in {seconds:.0f} s", flush=True)
-    return models
+    return [cast(ResidualMLP, model) for model in models]
 
 
 def as_levels(name: str, models: list[ResidualMLP]):
@@ -369,6 +371,7 @@ def target_a(em: list, slack: float) -> tuple[float, dict]:
     """The error of the cheapest EM run within `slack` of EM's best error, and that run."""
     best = min(p["error"] for p in em)
     chosen = cheapest(em, slack * best)
+    assert chosen is not None  # slack >= 1: the best run qualifies
     return chosen["error"], chosen
 
 

@@ -44,7 +44,7 @@ def _squared_norm(tree: PyTree) -> Array:
 
 
 def level_statistics(
-    levels: Sequence[Callable],
+    levels: Sequence[Callable] | LevelFamily,
     ts: Float[Array, " P"],
     ys: PyTree,
     args: Any = None,
@@ -76,7 +76,7 @@ def level_statistics(
 
 
 def pointwise_squares(
-    levels: Sequence[Callable],
+    levels: Sequence[Callable] | LevelFamily,
     top: Callable,
     ts: Float[Array, " P"],
     ys: PyTree,
@@ -122,7 +122,7 @@ def _flops(compiled: Any) -> float:
 
 
 def level_costs(
-    levels: Sequence[Callable],
+    levels: Sequence[Callable] | LevelFamily,
     t: Any,
     y: PyTree,
     args: Any = None,
@@ -141,7 +141,8 @@ def level_costs(
         levels = [_Pass(levels, depth) for depth in range(1, len(levels) + 1)]
     flops, seconds = [], []
     for level in levels:
-        compiled = _evaluate.lower(level, t, y, args).compile()  # cached by `_evaluate`
+        lowered = _evaluate.lower(level, t, y, args)  # pyright: ignore[reportFunctionMemberAccess]
+        compiled = lowered.compile()  # cached by `_evaluate`
         flops.append(_flops(compiled.compiled))
         seconds.append(median_seconds(compiled, level, t, y, args, repeats=repeats))
     return LevelCosts(flops=np.asarray(flops), seconds=np.asarray(seconds))

@@ -1,7 +1,8 @@
 """Levels that share computation: evaluating f^L also yields f^1..f^(L-1) in one pass."""
 
 import abc
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, overload
 
 import equinox as eqx
 import numpy as np
@@ -41,6 +42,12 @@ class LevelFamily(eqx.Module):
     def __len__(self) -> int:
         return self.num_levels
 
+    @overload
+    def __getitem__(self, index: int) -> "FamilyLevel": ...
+
+    @overload
+    def __getitem__(self, index: slice) -> "tuple[FamilyLevel, ...]": ...
+
     def __getitem__(self, index: int | slice) -> "FamilyLevel | tuple[FamilyLevel, ...]":
         if isinstance(index, slice):
             return tuple(FamilyLevel(self, i) for i in range(*index.indices(len(self))))
@@ -49,7 +56,7 @@ class LevelFamily(eqx.Module):
             raise IndexError(f"level index {index} out of range for {len(self)} levels.")
         return FamilyLevel(self, position)
 
-    def __iter__(self):
+    def __iter__(self) -> "Iterator[FamilyLevel]":
         return iter(self[:])
 
     def truncated(self, num_levels: int) -> "LevelFamily":

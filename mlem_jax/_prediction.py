@@ -63,7 +63,7 @@ def fit_em_error_model(
     if (levels < 0).any() or not (np.isfinite(errors) & (errors > 0) & (steps > 0)).all():
         raise ValueError("levels must be >= 0, steps > 0 and errors finite and > 0.")
     count = int(levels.max()) + 1
-    best = None
+    best: tuple[float, float, np.ndarray] | None = None
     for order in orders:
         design = np.zeros((len(errors), count + 1))
         design[np.arange(len(errors)), levels] = 1.0
@@ -73,6 +73,8 @@ def fit_em_error_model(
         residual = float(np.sum((design @ solution * weights - 1.0) ** 2))
         if best is None or residual < best[0]:
             best = (residual, order, solution)
+    if best is None:
+        raise ValueError("`orders` must hold at least one candidate order, got none.")
     _, order, solution = best
     present = np.bincount(levels, minlength=count) > 0
     floors = np.where(present, np.sqrt(solution[:count]), np.inf)

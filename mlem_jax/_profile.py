@@ -7,6 +7,7 @@ import numpy as np
 from jaxtyping import Array, Float, PyTree
 
 from ._calibrate import pointwise_squares
+from ._family import LevelFamily
 from ._validation import check_levels
 
 
@@ -37,7 +38,7 @@ class VarianceProfile(NamedTuple):
 
 
 def variance_profile(
-    levels: Sequence[Callable],
+    levels: Sequence[Callable] | LevelFamily,
     ts: Float[Array, " P"],
     ys: PyTree,
     args: Any = None,

@@ -155,7 +155,7 @@ def _scan(
     else:
         ys = jtu.tree_map(lambda b: b[order], saved)  # pyright: ignore[reportPossiblyUnboundVariable]
         out = ys, grid_time(jnp.asarray(save), t0, t1, num_steps), final.evaluations
-    if not throw:
+    if failed is None:  # not throw
         return out
     return error_if_failed(
         out,

@@ -131,7 +131,7 @@ def diagonal_noise(diffusion: Callable) -> NoiseIncrement:
 
 
 def build_step(
-    levels: Sequence[Callable],
+    levels: Sequence[Callable] | LevelFamily,
     probabilities: Any = None,
     *,
     noise: NoiseIncrement | None = None,
@@ -190,7 +190,7 @@ def build_step(
             "compute it with `needed_levels` from these probabilities.",
         )
 
-    def estimate(key, n, t, y, args):
+    def estimate(key, n, t, y, args, p: Array):
         drawn = draw_levels(key, p, coupling, step=n, draws=draws)
         if isinstance(levels, LevelFamily):
             drift, evaluated = family_drift(levels, tuple(needed), p, drawn, t, y, args, coupling)
@@ -207,8 +207,9 @@ def build_step(
             drift = levels[0](t, state.y, args)
             drawn = evaluated = jnp.ones(1, bool)
         else:
+            drawing: Array = p
             drift, drawn, evaluated = grouped(
-                lambda key, y: estimate(key, state.step, t, y, args),
+                lambda key, y: estimate(key, state.step, t, y, args, drawing),
                 key,
                 state.y,
                 groups if len(used) > 1 else 1,  # one level: nothing is drawn

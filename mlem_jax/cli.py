@@ -173,9 +173,10 @@ def _demo(a: argparse.Namespace) -> None:
         quick=a.quick,
         calibration=a.calibration,
     )
-    run_testbed_demo(
-        a.out_dir, seed=a.seed, **({"count": 32, "reference_steps": 256} if a.quick else {})
-    )
+    if a.quick:
+        run_testbed_demo(a.out_dir, seed=a.seed, count=32, reference_steps=256)
+    else:
+        run_testbed_demo(a.out_dir, seed=a.seed)
 
 
 def _bench(a: argparse.Namespace) -> None:

@@ -25,7 +25,7 @@ from jaxtyping import Array, PRNGKeyArray
 
 from ._sharding import BATCH, batch_mesh, batch_sharding
 from .diffusion.sample import initial_noise, sample
-from .diffusion.sde import ScoreDrift
+from .diffusion.sde import Drift
 
 
 _ADDRESS = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
@@ -138,7 +138,7 @@ def gather(x: Any) -> np.ndarray:
 
 def sample_sharded(
     method: str,
-    levels: Sequence[ScoreDrift],
+    levels: Sequence[Drift],
     key: PRNGKeyArray,
     count: int,
     image_shape: Sequence[int],

@@ -3,6 +3,7 @@ diffusion once), and nothing the library builds itself when called again with th
 shapes (counted with JAX's compilation events)."""
 
 import contextlib
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ def compilations():
     """The names of the functions XLA compiles inside the block."""
     names = []
 
-    def listener(event, duration, **kwargs):
+    def listener(event: str, duration_secs: float, **kwargs: str | int) -> None:
         if event == COMPILE:
             names.append(kwargs.get("fun_name"))
 
@@ -81,10 +82,11 @@ def test_samplers_runner_and_calibration_compile_once_for_the_same_shapes():
     x1 = initial_noise(jax.random.key(1), 2, IMAGE_SHAPE)
     kw = dict(key=jax.random.key(3), brownian=jax.random.key(2))
     # (T-Stitch builds its stitched level anew at every call.)
-    for method, extra in (
+    cases: tuple[tuple[str, dict[str, Any]], ...] = (
         ("mlem", dict(probabilities=(1.0, 0.5), groups=2)),
         ("tstitch", dict(switch=stitch_switch(0.5))),
-    ):
+    )
+    for method, extra in cases:
         first, second = twice(lambda: sample(method, levels, x1, 3, **kw, **extra).ys)
         assert first and not second, (method, second)
     setting = Setting("mlem", 3, (1.0, 0.5))

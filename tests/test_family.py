@@ -89,7 +89,7 @@ def test_each_step_runs_one_pass_to_the_deepest_drawn_level():
     # Nested draws: level l runs at the steps whose pass reaches depth >= l + 1.
     counts = [(passes >= depth).sum() for depth in range(1, 5)]
     np.testing.assert_array_equal(sol.evaluations, counts)
-    assert float(sol.cost) == pytest.approx(costs[passes - 1].sum())
+    assert sol.cost is not None and float(sol.cost) == pytest.approx(costs[passes - 1].sum())
 
 
 def test_vmapped_family_still_skips():
@@ -197,7 +197,7 @@ def test_truncated_family_is_the_first_levels():
     np.testing.assert_allclose(
         run(low, probabilities=P[:2]).ys, run(list(shared)[:2], probabilities=P[:2]).ys, rtol=1e-5
     )
-    assert low.calls is shared.calls  # attributes of the whole family
+    assert low.calls is shared.calls  # pyright: ignore[reportAttributeAccessIssue]
     with pytest.raises(ValueError, match=r"`num_levels` must be in 1..4, got 5"):
         shared.truncated(5)
 

@@ -1,6 +1,8 @@
 """Grouped level draws: G groups of a batch draw independently, so the randomisation
 error of a batch mean falls as 1/sqrt(G), and each group still skips levels."""
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,7 +90,7 @@ def test_groups_take_their_own_draws_and_still_skip():
 
 
 def test_bad_groups_are_refused():
-    kw = dict(probabilities=[1.0, P], key=jax.random.key(0))
+    kw: dict[str, Any] = dict(probabilities=[1.0, P], key=jax.random.key(0))
     with pytest.raises(ValueError, match=r"`groups` must be a positive Python int, got 0"):
         mlem_jax.solve(LEVELS, jnp.zeros((4, 2)), 0.0, 1.0, 4, groups=0, **kw)
     with pytest.raises(ValueError, match=r"`groups=3` splits the leading .* float32\[4, 2\]"):

@@ -1,5 +1,7 @@
 """The exact-score testbed: Gaussian mixture, PCA latents, latent networks and training."""
 
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -182,7 +184,9 @@ def test_samplers_run_a_family_one_pass_per_step():
     family = ExitFamily(model, SDE)
     x1 = jax.random.normal(jax.random.key(1), (4, 3))
     p = (1.0, 0.5, 0.25)
-    kwargs = dict(key=jax.random.key(2), brownian=jax.random.key(3), probabilities=p)
+    kwargs: dict[str, Any] = dict(
+        key=jax.random.key(2), brownian=jax.random.key(3), probabilities=p
+    )
     shared = sample("mlem", family, x1, 16, **kwargs)
     separate = sample("mlem", list(family), x1, 16, **kwargs)
     np.testing.assert_allclose(shared.ys, separate.ys, rtol=1e-5, atol=1e-6)

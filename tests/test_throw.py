@@ -111,6 +111,6 @@ def test_off_compiles_no_check_and_bad_flags_are_refused():
 
     assert "callback" not in jaxpr(False) and "callback" in jaxpr(True)
     with pytest.raises(TypeError, match=r"`throw` must be a bool, got str 'yes'"):
-        mlem_jax.solve(LEVELS, jnp.ones(3), 0.0, 1.0, STEPS, probabilities=P, key=KEY, throw="yes")
+        mlem_jax.solve(LEVELS, jnp.ones(3), 0.0, 1.0, STEPS, probabilities=P, key=KEY, throw="yes")  # pyright: ignore[reportArgumentType]
     with pytest.raises(TypeError, match=r"`throw` must be a bool"):
-        mlem_jax.MLEM(KEY, throw=1)
+        mlem_jax.MLEM(KEY, throw=1)  # pyright: ignore[reportArgumentType]

@@ -41,16 +41,12 @@ def prepare(
     levels = score_levels(models, kind)
     image_shape = tuple(manifests[-1]["image_shape"])
     path = Path(directory) / "calibration.json" if calibration is None else calibration
-    calibration = read_calibration(path, kind)
-    if (
-        calibration is None
-        or len(calibration["flops"]) != len(levels)
-        or "profile" not in calibration
-    ):
-        calibration = calibrate(
+    measured = read_calibration(path, kind)
+    if measured is None or len(measured["flops"]) != len(levels) or "profile" not in measured:
+        measured = calibrate(
             levels, jax.random.key(seed), image_shape, count=8, num_steps=32, repeats=3
         )
-    return levels, image_shape, calibration
+    return levels, image_shape, measured
 
 
 def demo_settings(
@@ -156,11 +152,11 @@ def run_demo(
     """
     start = time.perf_counter()
     em_steps, mlem_steps, m, reference_steps, frontier_steps, budgets = _QUICK if quick else _FULL
-    levels, image_shape, calibration = prepare(directory, "sde", seed, calibration)
+    levels, image_shape, measured = prepare(directory, "sde", seed, calibration)
     noise_key, path_key, draw_key = jax.random.split(jax.random.key(seed), 3)
     x1 = initial_noise(noise_key, count, image_shape)
     path = grid_brownian_path(path_key, x1.shape, reference_steps, T_MIN)
-    flops, cache, outcomes = calibration["flops"], {}, {}
+    flops, cache, outcomes = measured["flops"], {}, {}
 
     def run(setting: Setting) -> tuple[dict, np.ndarray]:
         key = setting._replace(label="")
@@ -180,14 +176,13 @@ def run_demo(
 
     reference = run_setting(Setting("em", reference_steps), levels, x1, path, None, flops, cache)
     runs = [
-        run(setting)
-        for setting in demo_settings(calibration, em_steps, mlem_steps, m, groups=count)
+        run(setting) for setting in demo_settings(measured, em_steps, mlem_steps, m, groups=count)
     ]
     rows = [row for row, _ in runs]
     frontier = {
         name: [run(setting)[0] for setting in settings]
         for name, settings in frontier_settings(
-            calibration, frontier_steps, mlem_steps, budgets, groups=count
+            measured, frontier_steps, mlem_steps, budgets, groups=count
         ).items()
     }
 
@@ -235,7 +230,7 @@ def run_demo(
     print(
         f"reference: EM, largest UNet, {reference_steps} steps; {count} images, ML-EM's "
         "level draws their own; "
-        f"gamma = {calibration['gamma'] or float('nan'):.2f}; wrote {samples} and "
+        f"gamma = {measured['gamma'] or float('nan'):.2f}; wrote {samples} and "
         f"{figure}; {time.perf_counter() - start:.0f} s in all"
     )
     return {
@@ -261,7 +256,7 @@ def run_bench(
 
     A dict with per-image FLOPs and seconds per level and the two sampling times.
     """
-    levels, image_shape, calibration = prepare(directory, "sde", seed, calibration)
+    levels, image_shape, measured = prepare(directory, "sde", seed, calibration)
     noise_key, path_key, draw_key = jax.random.split(jax.random.key(seed), 3)
     x1 = initial_noise(noise_key, count, image_shape)
     costs = level_costs(levels, 1.0, x1, repeats=repeats * 5)
@@ -269,7 +264,7 @@ def run_bench(
     for level, f, s in zip(levels, costs.flops, costs.seconds):
         print(f"{level.model.width:>6} {f / count / 1e6:>12.2f} {s / count * 1e3:>9.3f}")
     em = Setting("em", num_steps)
-    mlem = Setting("mlem", num_steps, probabilities_for(calibration, num_steps))
+    mlem = Setting("mlem", num_steps, probabilities_for(measured, num_steps))
     p = jnp.asarray(mlem.probabilities)
     runs = [compile_sampler(setting, levels, x1, path_key) for setting in (em, mlem)]
     calls = [

@@ -85,7 +85,7 @@ class MixtureObjective(NamedTuple):
                 for lower, upper in zip(outputs, outputs[1:])
             ]
             loss = loss + self.consistency * sum(gaps)
-        return loss
+        return jnp.asarray(loss)
 
 
 def train_on_mixture(

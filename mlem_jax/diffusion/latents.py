@@ -111,7 +111,7 @@ def fit_latent_mixture(
     fit = SklearnMixture(
         components, covariance_type="full", reg_covar=min_variance, random_state=seed, max_iter=500
     ).fit(latents)
-    mixture = GaussianMixture(fit.weights_, fit.means_, fit.covariances_ * width**2)
+    mixture = GaussianMixture(fit.weights_, fit.means_, np.asarray(fit.covariances_) * width**2)
     return mixture, codec
 
 

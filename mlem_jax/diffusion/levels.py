@@ -242,8 +242,9 @@ def load_levels(
         widths = [int(p.stem[6:]) for p in found]
     if not widths:
         raise CheckpointError(f"no UNet checkpoints (unet_w*.json) in {directory}.")
-    loaded = [load_model(directory / level_name(w)) for w in widths]
-    for w, (model, _) in zip(widths, loaded):
+    loaded = [load_model(directory / level_name(w), {"model": "UNet"}) for w in widths]
+    models = [cast(UNet, model) for model, _ in loaded]
+    for w, model in zip(widths, models):
         if model.width != w:
             raise CheckpointError(f"{level_name(w)} in {directory} holds width {model.width}.")
-    return [cast(UNet, m) for m, _ in loaded], [manifest for _, manifest in loaded]
+    return models, [manifest for _, manifest in loaded]

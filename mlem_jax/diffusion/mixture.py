@@ -117,8 +117,9 @@ class ExactDrift(eqx.Module):
 
     def __init__(self, mixture: GaussianMixture, sde: VPSDE = VPSDE(), kind: str = "sde"):
         self.mixture, self.sde, self.kind = mixture, sde, kind
-        reverse_drift(sde, kind, 0.0, 0.0, 0.0)  # checks `kind`
+        zero = jnp.zeros(())
+        reverse_drift(sde, kind, zero, zero, zero)  # checks `kind`
 
-    def __call__(self, t: Float[Array, ""], y: Float[Array, "b d"], args: Any) -> Array:
+    def __call__(self, t: float | Float[Array, ""], y: Float[Array, "b d"], args: Any) -> Array:
         score = jax.vmap(self.mixture.noised(self.sde, t).score)(y)
         return reverse_drift(self.sde, self.kind, t, y, score)

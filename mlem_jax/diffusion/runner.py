@@ -14,7 +14,7 @@ from .._family import LevelFamily
 from .._levels import needed_levels
 from .._solve import Solution
 from .sample import T_MIN, method_cost, sample
-from .sde import ScoreDrift
+from .sde import Drift
 
 
 class Setting(NamedTuple):
@@ -47,12 +47,14 @@ class Outcome(NamedTuple):
     evaluations: np.ndarray
 
 
-Sampler = Callable[[Sequence[ScoreDrift], Array, Any, PRNGKeyArray, Array | None], Solution]
+Sampler = Callable[
+    [Sequence[Drift] | LevelFamily, Array, Any, PRNGKeyArray, Array | None], Solution
+]
 _COMPILED: dict = {}  # run_setting's samplers, by signature, when the caller keeps none
 
 
 def compile_sampler(
-    setting: Setting, levels: Sequence[ScoreDrift] | LevelFamily, x1: Array, brownian: Any
+    setting: Setting, levels: Sequence[Drift] | LevelFamily, x1: Array, brownian: Any
 ) -> Sampler:
     """The sampler of `setting`, lowered and compiled for arguments like these, as
     `run(levels, x1, brownian, key, probabilities) -> Solution`: the levels' weights,
@@ -101,14 +103,14 @@ def compile_sampler(
     )
 
 
-def _as_tree(levels: Sequence[ScoreDrift] | LevelFamily) -> Any:
+def _as_tree(levels: Sequence[Drift] | LevelFamily) -> Any:
     """The levels as one pytree: the family itself, or a list of levels."""
     return levels if isinstance(levels, LevelFamily) else list(levels)
 
 
 def run_setting(
     setting: Setting,
-    levels: Sequence[ScoreDrift] | LevelFamily,
+    levels: Sequence[Drift] | LevelFamily,
     x1: Array,
     brownian: Any,
     key: PRNGKeyArray | None,

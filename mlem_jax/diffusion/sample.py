@@ -9,7 +9,7 @@ from jaxtyping import Array, PRNGKeyArray
 
 from .._family import FamilyLevel, LevelFamily, marginal_costs
 from .._solve import Solution, solve
-from .sde import VPSDE, ScoreDrift, StitchedDrift
+from .sde import VPSDE, Drift, ScoreDrift, StitchedDrift
 from .unet import UNet
 
 
@@ -46,7 +46,7 @@ def stitch_evaluations(num_steps: int, switch: float, t_min: float = T_MIN) -> n
     return np.array([small, num_steps - small])
 
 
-def _process(levels: Sequence[ScoreDrift] | LevelFamily) -> Any:
+def _process(levels: Sequence[Drift] | LevelFamily) -> Any:
     """What carries the levels' `kind` and `sde`: the family, or the top level (the
     family of a `FamilyLevel`)."""
     if isinstance(levels, LevelFamily):
@@ -57,7 +57,7 @@ def _process(levels: Sequence[ScoreDrift] | LevelFamily) -> Any:
 
 def sample(
     method: str,
-    levels: Sequence[ScoreDrift] | LevelFamily,
+    levels: Sequence[Drift] | LevelFamily,
     x1: Array,
     num_steps: int,
     *,

@@ -1,5 +1,6 @@
 """The VP-SDE and its reverse-time drifts as ML-EM levels acting on a batch of images."""
 
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -7,7 +8,12 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .unet import UNet
+
+NoisePredictor = Callable[[Any, Array], Array]
+"""A network `eps = model(t, x)` that predicts the noise in one noised sample `x`."""
+Drift = Callable[[Any, Array, Any], Array]
+"""A reverse-time drift `f(t, y, args)`: a `ScoreDrift`, an `ExactDrift`, a level of a
+`LevelFamily`, or any callable of that signature."""
 
 
 KINDS = ("sde", "ode")
@@ -62,27 +68,30 @@ def reverse_drift(sde: VPSDE, kind: str, t: Any, y: Array, score: Array) -> Arra
 
 
 class ScoreDrift(eqx.Module):
-    """A level f(t, y, args) for `mlem_jax.solve`: the reverse drift of one UNet.
+    """A level f(t, y, args) for `mlem_jax.solve`: the reverse drift of one noise
+    predictor.
 
-    `y` is a batch of images (B, C, H, W); the UNet is `vmap`ped inside, so the level
-    draws of ML-EM are shared by the batch and skipped levels cost nothing. The score is
-    s(x, t) = -eps(x, t) / sigma(t).
+    `y` is a batch (B, ...) of samples (images (B, C, H, W) for a UNet); the model is
+    `vmap`ped inside, so the level draws of ML-EM are shared by the batch and skipped
+    levels cost nothing. The score is s(x, t) = -eps(x, t) / sigma(t).
 
     **Arguments:**
 
-    - `model`: the noise predictor.
+    - `model`: the noise predictor `eps = model(t, x)` of one sample `x`: a `UNet`, a
+        `ResidualMLP`, or any callable (an equinox module, so that it is a pytree) that
+        returns an array of `x`'s shape.
     - `sde`: the forward `VPSDE`.
     - `kind`: `"sde"` (reverse-time SDE) or `"ode"` (probability-flow ODE).
     """
 
-    model: UNet
+    model: NoisePredictor
     sde: VPSDE
     kind: str = eqx.field(static=True)
 
-    def __init__(self, model: UNet, sde: VPSDE, kind: str = "sde"):
+    def __init__(self, model: NoisePredictor, sde: VPSDE, kind: str = "sde"):
         self.model, self.sde, self.kind = model, sde, _check_kind(kind)
 
-    def __call__(self, t: Float[Array, ""], y: Float[Array, "b c h w"], args: Any) -> Array:
+    def __call__(self, t: float | Float[Array, ""], y: Float[Array, "b ..."], args: Any) -> Array:
         eps = jax.vmap(self.model, in_axes=(None, 0))(t, y)
         return reverse_drift(self.sde, self.kind, t, y, -eps / self.sde.sigma(t))
 
@@ -93,15 +102,15 @@ class StitchedDrift(eqx.Module):
 
     **Arguments:**
 
-    - `small`, `large`: `ScoreDrift` levels of the same kind.
+    - `small`, `large`: drifts (e.g. `ScoreDrift`s) of the same kind.
     - `switch`: the time at which sampling hands over to `large`.
     """
 
-    small: ScoreDrift
-    large: ScoreDrift
+    small: Drift
+    large: Drift
     switch: float = eqx.field(static=True)
 
-    def __call__(self, t: Float[Array, ""], y: Array, args: Any) -> Array:
+    def __call__(self, t: float | Float[Array, ""], y: Array, args: Any) -> Array:
         return jax.lax.cond(
             t > self.switch,
             lambda y: self.small(t, y, args),

@@ -2,9 +2,10 @@
 
 import os
 from pathlib import Path
+from typing import cast
 
 from .checkpoint import load_model
-from .latent_models import ExitFamily
+from .latent_models import ExitFamily, ResidualMLP
 from .latents import PCACodec, load_testbed
 from .mixture import GaussianMixture
 
@@ -30,5 +31,6 @@ def load_named_testbed(name: str) -> tuple[GaussianMixture, PCACodec]:
 def load_ladder(path: str | os.PathLike = TESTBED_FILES / LADDER, kind: str = "sde") -> ExitFamily:
     """The shipped early-exit network of the `"pca16"` testbed (or another
     `ResidualMLP` checkpoint) as a `LevelFamily` of reverse drifts."""
-    model, _ = load_model(path, {"model": "ResidualMLP"})
+    loaded, _ = load_model(path, {"model": "ResidualMLP"})
+    model = cast(ResidualMLP, loaded)
     return ExitFamily(model, model.sde, kind)

@@ -37,11 +37,13 @@ class TrainConfig(NamedTuple):
 class TrainState(NamedTuple):
     """Everything a resumed run needs: weights, EMA weights, optimiser state, counters.
 
-    `loss` is an exponential moving average (0.98) of each model's training loss.
+    `params` and `ema` hold the networks trained (`UNet`s, or `ResidualMLP`s from
+    `train_on_mixture`). `loss` is an exponential moving average (0.98) of each model's
+    training loss.
     """
 
-    params: tuple[UNet, ...]
-    ema: tuple[UNet, ...]
+    params: tuple[Any, ...]
+    ema: tuple[Any, ...]
     opt_state: tuple
     step: Array
     loss: Array
@@ -220,7 +222,7 @@ def run_training(
     objective: Callable,
     *,
     teacher: Any = None,
-    state_path: str | Path | None = None,
+    state_path: str | os.PathLike | None = None,
     save_every: int = 250,
     on_save: Callable[[TrainState], None] | None = None,
     progress: bool = True,
