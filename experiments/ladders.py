@@ -769,7 +769,15 @@ def main(argv: list[str] | None = None) -> dict:
         nargs="+",
         choices=FULL["testbeds"],
         default=None,
-        help="run only these testbeds (the first is the main one)",
+        help="run only these testbeds (the first is the main one); testbeds measured "
+        "earlier in <out>/ladders_raw.json and not run now are kept in the results",
+    )
+    parser.add_argument(
+        "--families",
+        nargs="+",
+        choices=FAMILIES,
+        default=None,
+        help="train and measure only these families",
     )
     parser.add_argument(
         "--ship",
@@ -785,6 +793,8 @@ def main(argv: list[str] | None = None) -> dict:
     config = QUICK if args.quick else FULL
     if args.testbeds:
         config = dict(config, testbeds=tuple(args.testbeds))
+    if args.families:
+        config = dict(config, families=tuple(args.families))
     models_dir = args.models or args.out / "ladders_models"
     if args.summarise:
         raw = json.loads((args.out / "ladders_raw.json").read_text())
@@ -845,12 +855,32 @@ def main(argv: list[str] | None = None) -> dict:
         "testbeds": testbeds,
         "seconds": time.perf_counter() - started,
     }
+    result = with_earlier_testbeds(result, args.out / "ladders_raw.json")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ladders_raw.json").write_text(json.dumps(result) + "\n")
     summary = write(result, args.out)
     if args.ship:
         print(f"shipped {ship(result, models_dir)}")
     return summary
+
+
+def with_earlier_testbeds(result: dict, path: Path) -> dict:
+    """`result` with the testbeds of an earlier run at `path` that it did not measure,
+    those first (the earlier main testbed stays the main one)."""
+    if not path.exists():
+        return result
+    earlier = json.loads(path.read_text())
+    kept = {k: v for k, v in earlier["testbeds"].items() if k not in result["testbeds"]}
+    if not kept:
+        return result
+    print(f"kept testbeds {sorted(kept)} of {path}", flush=True)
+    testbeds = {
+        k: kept.get(k) or result["testbeds"][k]
+        for k in list(earlier["testbeds"]) + list(result["testbeds"])
+    }
+    config = dict(result["config"], testbeds=list(testbeds))
+    seconds = earlier["seconds"] + result["seconds"]
+    return dict(result, config=config, testbeds=testbeds, seconds=seconds)
 
 
 def write(raw: dict, out: Path) -> dict:
@@ -904,7 +934,7 @@ def plot(raw: dict, summary: dict, path_frontier: Path, path_levels: Path) -> No
     import matplotlib.pyplot as plt
 
     testbeds = raw["testbeds"]
-    families = list(next(iter(testbeds.values()))["families"])
+    families = list(dict.fromkeys(f for t in testbeds.values() for f in t["families"]))
     fig, axes = plt.subplots(
         len(testbeds),
         len(families),
@@ -913,7 +943,11 @@ def plot(raw: dict, summary: dict, path_frontier: Path, path_levels: Path) -> No
         sharey="row",
     )
     for row, (name, testbed) in zip(axes, testbeds.items()):
-        for ax, (family, result) in zip(row, testbed["families"].items()):
+        for ax, family in zip(row, families):
+            if family not in testbed["families"]:
+                ax.axis("off")
+                continue
+            result = testbed["families"][family]
             analysis = result["analysis"]
             for method, style in (
                 ("em", "k-o"),

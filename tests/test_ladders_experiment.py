@@ -43,6 +43,24 @@ def test_target_a_is_the_cheapest_em_within_the_slack_of_the_best():
     assert rows[1]["mlem"] == pytest.approx(256 / 50)
 
 
+def test_a_run_of_one_testbed_keeps_the_others_measured_before(tmp_path):
+    path = tmp_path / "ladders_raw.json"
+    earlier = {
+        "config": {"testbeds": ["pca16"]},
+        "testbeds": {"pca16": {"run": 1}, "pca32": {"run": 1}},
+        "seconds": 10.0,
+    }
+    now = {"config": {"testbeds": ["pca32"]}, "testbeds": {"pca32": {"run": 2}}, "seconds": 5.0}
+    assert LADDERS.with_earlier_testbeds(now, path) is now  # nothing earlier
+    path.write_text(json.dumps(earlier))
+    merged = LADDERS.with_earlier_testbeds(now, path)
+    assert merged["testbeds"] == {"pca16": {"run": 1}, "pca32": {"run": 2}}
+    assert list(merged["testbeds"]) == merged["config"]["testbeds"] == ["pca16", "pca32"]
+    assert merged["seconds"] == 15.0
+    both = dict(now, testbeds={"pca16": {"run": 3}, "pca32": {"run": 3}})
+    assert LADDERS.with_earlier_testbeds(both, path) is both  # nothing left to keep
+
+
 @pytest.mark.slow
 def test_quick_run_writes_the_results_the_readme_reads(tmp_path):
     run_experiment("ladders", tmp_path, "--quick", timeout=1800)
