@@ -32,7 +32,7 @@ from .sample import (
     stitch_evaluations,
     stitch_switch,
 )
-from .sde import VPSDE, ScoreDrift, StitchedDrift, reverse_drift
+from .sde import VPSDE, Drift, NoisePredictor, ScoreDrift, StitchedDrift, reverse_drift
 from .train import TrainConfig, TrainState, dsm_loss, train
 from .unet import UNet, parameter_count
 
@@ -41,7 +41,9 @@ __all__ = [
     "CHECKPOINTS",
     "CheckpointError",
     "Classifier",
+    "Drift",
     "ImageSplit",
+    "NoisePredictor",
     "ScoreDrift",
     "StitchedDrift",
     "T_MIN",
