@@ -661,6 +661,7 @@ def summarise(raw: dict) -> dict:
             result["analysis"] = analysis = {**analyse_family(result, config), **measured}
             calibration = result["calibration"]
             wall = analysis.get("wallclock")
+            point = best_mlem(analysis)
             families[family] = {
                 "levels": len(calibration["flops"]),
                 "gamma": calibration["gamma"],
@@ -678,6 +679,15 @@ def summarise(raw: dict) -> dict:
                     d: analysis["prediction"][d]["speedup_flops"] for d in DRAWS
                 },
                 "kappa": {d: analysis["prediction"][d]["kappa"] for d in DRAWS},
+                "speedup_by_target": analysis["by_target"],
+                "mlem_point": None
+                if point is None
+                else {
+                    "label": point["label"],
+                    "steps": point["steps"],
+                    "flops": point["flops"],
+                    "base_share": point["steps"] * calibration["flops"][0] / point["flops"],
+                },
             }
         depth = [
             depth_row(row, dict(config, draws=config["depth_draws"])) for row in testbed["depth"]
@@ -732,12 +742,12 @@ def table(summary: dict) -> str:
             flops = f"{row['flops'][0] / 1e6:.3f} - {row['flops'][-1] / 1e6:.3f}"
             delta = f"{row['delta'][0]:.2f} - {row['delta'][-1]:.2f}"
             ratio = f"{min(row['v_over_delta2']):.2f} - {max(row['v_over_delta2']):.2f}"
-            predicted = max(row["predicted_speedup_flops"].values())
+            predicted = max(row["predicted_speedup_flops"].values()) or None  # 0: none
             lines.append(
                 f"| {name} | {FAMILY_NAMES[family]} | {row['levels']} | {flops} | {delta} "
                 f"| {row['gamma']:.2f} | {ratio} | {row['target_error']:.3f} | {row['em']} "
                 f"({row['em_flops'] / 1e6:.2f} MFLOP) | {_x(row['speedup_flops'])} "
-                f"| {predicted:.2f}x | "
+                f"| {_x(predicted)} | "
                 f"{'-' if row['speedup_wallclock'] is None else _x(row['speedup_wallclock'])} |"
             )
     lines += [
@@ -750,6 +760,17 @@ def table(summary: dict) -> str:
         lines.append(
             f"| {row['top_level']} | {row['target_error']:.3f} | "
             f"{_x(row['speedup_flops'])} | {row['predicted_speedup_flops']:.2f}x |"
+        )
+    lines += [
+        "",
+        "| target error | EM there (MFLOP) | " + " | ".join(METHOD_NAMES.values()) + " |",
+        "|---|---|" + "---|" * len(METHOD_NAMES),
+    ]
+    for row in main["families"][summary["family"]]["speedup_by_target"]:
+        lines.append(
+            f"| {row['target']:.3f} | {row['em']} ({row['em_flops'] / 1e6:.2f}) | "
+            + " | ".join(_x(row.get(method)) for method in METHOD_NAMES)
+            + " |"
         )
     return "\n".join(lines) + "\n"
 
@@ -878,7 +899,12 @@ def with_earlier_testbeds(result: dict, path: Path) -> dict:
         k: kept.get(k) or result["testbeds"][k]
         for k in list(earlier["testbeds"]) + list(result["testbeds"])
     }
-    config = dict(result["config"], testbeds=list(testbeds))
+    measured = {f for testbed in testbeds.values() for f in testbed.get("families", ())}
+    config = dict(
+        result["config"],
+        testbeds=list(testbeds),
+        families=[f for f in FAMILIES if f in measured],
+    )
     seconds = earlier["seconds"] + result["seconds"]
     return dict(result, config=config, testbeds=testbeds, seconds=seconds)
 

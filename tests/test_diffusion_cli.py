@@ -20,8 +20,10 @@ import pytest
 import mlem_jax
 from mlem_jax.cli import main
 from mlem_jax.diffusion import demo
-from mlem_jax.diffusion.checkpoint import save_model
+from mlem_jax.diffusion.checkpoint import read_manifest, save_model
 from mlem_jax.diffusion.figures import sample_panels
+from mlem_jax.diffusion.testbed import LADDER, TESTBED_FILES
+from mlem_jax.diffusion.testbed_demo import demo_settings
 
 from diffusion_helpers import IMAGE_SHAPE, tiny_unets
 
@@ -153,7 +155,7 @@ def _png_size(path) -> tuple[int, int]:
 
 def test_tiny_demo_run(checkpoints, tmp_path, capsys):
     """`demo --quick` on tiny UNets: its table, the samples side by side and the
-    frontier."""
+    frontier; then the shipped testbed ladder: EM and ML-EM against the exact score."""
     out = tmp_path / "out"
     assert (
         main(
@@ -171,6 +173,7 @@ def test_tiny_demo_run(checkpoints, tmp_path, capsys):
         == 0
     )
     printed = capsys.readouterr().out
+    operating = read_manifest(TESTBED_FILES / LADDER)["operating"]
     for method in (
         "EM, largest UNet, 4 steps",
         "ML-EM, 8 steps, m=2",
@@ -178,9 +181,15 @@ def test_tiny_demo_run(checkpoints, tmp_path, capsys):
         "ML-EM stratified",
         "T-Stitch",
         "cost-error frontier",
+        "testbed pca16 (exact score known)",
+        *(setting.label for setting, _ in demo_settings(operating)),
     ):
         assert method in printed
-    assert sorted(p.name for p in out.iterdir()) == ["demo_frontier.png", "demo_samples.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "demo_frontier.png",
+        "demo_samples.png",
+        "testbed_digits.png",
+    ]
     width, height = _png_size(out / "demo_samples.png")
     assert width >= 1200 and height >= 400  # six panels, three to a row
     assert _png_size(out / "demo_frontier.png")[0] >= 600

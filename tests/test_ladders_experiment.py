@@ -46,16 +46,24 @@ def test_target_a_is_the_cheapest_em_within_the_slack_of_the_best():
 def test_a_run_of_one_testbed_keeps_the_others_measured_before(tmp_path):
     path = tmp_path / "ladders_raw.json"
     earlier = {
-        "config": {"testbeds": ["pca16"]},
-        "testbeds": {"pca16": {"run": 1}, "pca32": {"run": 1}},
+        "config": {"testbeds": ["pca16"], "families": ["exits", "stacked"]},
+        "testbeds": {"pca16": {"families": {"stacked": 1, "exits": 1}}, "pca32": {"run": 1}},
         "seconds": 10.0,
     }
-    now = {"config": {"testbeds": ["pca32"]}, "testbeds": {"pca32": {"run": 2}}, "seconds": 5.0}
+    now = {
+        "config": {"testbeds": ["pca32"], "families": ["independent"]},
+        "testbeds": {"pca32": {"families": {"independent": 2}}},
+        "seconds": 5.0,
+    }
     assert LADDERS.with_earlier_testbeds(now, path) is now  # nothing earlier
     path.write_text(json.dumps(earlier))
     merged = LADDERS.with_earlier_testbeds(now, path)
-    assert merged["testbeds"] == {"pca16": {"run": 1}, "pca32": {"run": 2}}
+    assert merged["testbeds"] == {
+        "pca16": {"families": {"stacked": 1, "exits": 1}},
+        "pca32": {"families": {"independent": 2}},
+    }
     assert list(merged["testbeds"]) == merged["config"]["testbeds"] == ["pca16", "pca32"]
+    assert merged["config"]["families"] == ["independent", "exits", "stacked"]
     assert merged["seconds"] == 15.0
     both = dict(now, testbeds={"pca16": {"run": 3}, "pca32": {"run": 3}})
     assert LADDERS.with_earlier_testbeds(both, path) is both  # nothing left to keep
