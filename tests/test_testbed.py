@@ -225,4 +225,4 @@ def test_testbed_demo_runs_em_and_mlem_on_a_saved_ladder(tmp_path, capsys):
     assert rows[0]["mflops"] == pytest.approx(8 * 9e3 / 1e6)
     assert all(np.isfinite(row["error"]) and row["ms"] > 0 for row in rows)
     assert (tmp_path / "testbed_digits.png").stat().st_size > 0
-    assert "rows exact | EM | ML-EM" in capsys.readouterr().out
+    assert "panels exact | EM | ML-EM" in capsys.readouterr().out
