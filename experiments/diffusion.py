@@ -49,6 +49,7 @@ split) between `quality_samples` samples of each method and the held-out split.
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -270,9 +271,10 @@ def quality(
 def equal_cost_grids(
     mlem_point: dict, stratified_point: dict, by_label: dict, levels, shape, flops, cache: dict
 ) -> dict:
-    """16 samples per method at about ML-EM's operating FLOPs per image, same noise:
-    EM and T-Stitch get as many steps as that budget buys; ML-EM with stratified draws
-    is shown at its own operating point."""
+    """16 samples per method at about ML-EM's operating FLOPs per image, from the same
+    initial noise and (reverse SDE) the same Brownian path, sampled on a grid that every
+    step count divides: EM and T-Stitch get as many steps as that budget buys; ML-EM
+    with stratified draws is shown at its own operating point."""
     x1 = initial_noise(jax.random.key(21), 16, shape)
     budget = mlem_point["flops"]
     em_steps = max(1, round(budget / flops[-1]))
@@ -285,9 +287,15 @@ def equal_cost_grids(
             "tstitch", stitch_steps, switch=stitch_switch(0.5), label=f"T-Stitch N={stitch_steps}"
         ),
     }
+    fine = math.lcm(*(setting.num_steps for setting in chosen.values()))
+    path = (
+        grid_brownian_path(jax.random.key(22), x1.shape, fine, T_MIN)
+        if levels[-1].kind == "sde"
+        else None
+    )
     out = {}
     for name, setting in chosen.items():
-        o = run_setting(setting, levels, x1, jax.random.key(22), jax.random.key(23), flops, cache)
+        o = run_setting(setting, levels, x1, path, jax.random.key(23), flops, cache)
         out[name] = {"label": setting.label, "flops": o.flops, "samples": o.samples}
     return out
 
@@ -336,12 +344,11 @@ def plot(
     axes[2].grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path_frontier, dpi=120)
-    fig, axes = plt.subplots(1, len(grids), figsize=(4 * len(grids), 4.4))
+    fig, axes = plt.subplots(1, len(grids), figsize=(4 * len(grids), 4.8), layout="constrained")
     for ax, (family, grid) in zip(axes, grids.items()):
         ax.imshow(image_grid(grid["samples"], 4), cmap="gray", vmin=0, vmax=255)
         ax.set_title(f"{grid['label']}\n{grid['flops'] / 1e6:.0f} MFLOP / image")
         ax.axis("off")
-    fig.tight_layout()
     fig.savefig(path_grids, dpi=120)
 
 
