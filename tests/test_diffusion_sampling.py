@@ -98,6 +98,20 @@ def test_runner_skips_the_levels_that_cancel_and_accounts_them():
     assert not np.allclose(cached.samples, skipped.samples)
 
 
+def test_runner_compiles_again_for_another_brownian_path_shape():
+    """A grid path of another length (or time span) is another compiled sampler, not
+    the cached one called with arguments it was not traced for."""
+    levels = score_levels(tiny_unets())
+    x1 = initial_noise(jax.random.key(1), 3, IMAGE_SHAPE)
+    setting, cache = Setting("em", STEPS), {}
+    for fine, t0 in ((8, T_MIN), (24, T_MIN), (24, 0.01)):
+        path = grid_brownian_path(jax.random.key(2), x1.shape, fine, t0)
+        cached = run_setting(setting, levels, x1, path, None, [1.0, 4.0], cache)
+        fresh = run_setting(setting, levels, x1, path, None, [1.0, 4.0], {})
+        np.testing.assert_array_equal(cached.samples, fresh.samples)
+    assert len(cache) == 3
+
+
 def test_sampler_arguments_are_checked():
     with pytest.raises(ValueError, match="`method`"):
         _run("heun", "sde")

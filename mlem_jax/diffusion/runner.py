@@ -103,6 +103,15 @@ def compile_sampler(
     )
 
 
+def _array_signature(tree: Any) -> tuple:
+    """What a sampler compiled with `tree` as an argument was traced for: its structure
+    (static fields included), its arrays' shapes and dtypes, and its other leaves'
+    values (e.g. a Brownian path's time span)."""
+    arrays, others = eqx.partition(tree, eqx.is_array)
+    shapes = tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree_util.tree_leaves(arrays))
+    return jax.tree_util.tree_structure(arrays), shapes, tuple(jax.tree_util.tree_leaves(others))
+
+
 def _as_tree(levels: Sequence[Drift] | LevelFamily) -> Any:
     """The levels as one pytree: the family itself, or a list of levels."""
     return levels if isinstance(levels, LevelFamily) else list(levels)
@@ -130,7 +139,8 @@ def run_setting(
     - `flops`: FLOPs of one evaluation of each level per image, (K,).
     - `cache`: a dict that keeps compiled samplers between calls with the same method,
         steps, draws, groups, switch, needed levels and arguments of the same structure,
-        shapes, dtypes (levels' included) and sharding; each call runs its own `levels`.
+        shapes, dtypes (levels' and `brownian`'s included) and sharding; each call runs
+        its own `levels`.
         Default: one dict for the whole process, so a second call with the same shapes
         does not compile again.
 
@@ -139,8 +149,6 @@ def run_setting(
     An `Outcome`.
     """
     needed = needed_levels(setting.probabilities) if setting.method == "mlem" else None
-    arrays = eqx.filter(_as_tree(levels), eqx.is_array)
-    leaves = tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree_util.tree_leaves(arrays))
     signature = (
         setting.method,
         setting.num_steps,
@@ -153,9 +161,8 @@ def run_setting(
         x1.shape,
         x1.dtype,
         getattr(x1, "sharding", None),
-        type(brownian).__name__,
-        jax.tree_util.tree_structure(arrays),
-        leaves,
+        _array_signature(_as_tree(levels)),
+        _array_signature(brownian),
     )
     cache = _COMPILED if cache is None else cache
     if signature not in cache:
