@@ -440,19 +440,28 @@ def prediction(
 
 
 # --------------------------------------------------------------------- timing and quality
+def point_setting(point: dict, levels) -> tuple[Setting, Any, slice]:
+    """One EM or ML-EM point as a sampler setting, the levels it runs, and which of the
+    ladder's levels those are (to pick their costs)."""
+    if point["method"] == "em":
+        level = point["level"]
+        return Setting("em", point["steps"]), [levels[level]], slice(level, level + 1)
+    setting = Setting(
+        "mlem",
+        point["steps"],
+        tuple(point["probabilities"]),
+        draws=point["method"].removeprefix("mlem_"),
+    )
+    return setting, levels, slice(None)
+
+
 def _sampler_call(point: dict, levels, bench: Bench, cache: dict):
     """A compiled run of one EM or ML-EM point, as a call without arguments."""
-    if point["method"] == "em":
-        setting, chosen = Setting("em", point["steps"]), [levels[point["level"]]]
+    setting, chosen, _ = point_setting(point, levels)
+    if setting.method == "em":
         key, p = jax.random.key(0), None
     else:
-        setting = Setting(
-            "mlem",
-            point["steps"],
-            tuple(point["probabilities"]),
-            draws=point["method"].removeprefix("mlem_"),
-        )
-        chosen, key, p = levels, jax.random.key(1000), jnp.asarray(point["probabilities"])
+        key, p = jax.random.key(1000), jnp.asarray(setting.probabilities)
     signature = (
         setting.method,
         setting.num_steps,
@@ -490,20 +499,11 @@ def wallclock(em_point: dict, candidates: list, levels, bench: Bench) -> dict:
 def quality(point: dict, levels, mixture, config: dict, cache: dict, flops) -> dict:
     """Frechet distance of the point's samples to exact samples, jackknife error."""
     exact = np.asarray(mixture.sample(jax.random.key(77), config["exact_samples"]), np.float64)
+    setting, chosen, index = point_setting(point, levels)
+    run_flops = flops[index]
     batches = []
     for b in range(config["quality_batches"]):
         bench_b = make_quality_batch(mixture, config, 100 + b)
-        if point["method"] == "em":
-            setting, chosen = Setting("em", point["steps"]), [levels[point["level"]]]
-            run_flops = flops[point["level"] : point["level"] + 1]
-        else:
-            setting = Setting(
-                "mlem",
-                point["steps"],
-                tuple(point["probabilities"]),
-                draws=point["method"].removeprefix("mlem_"),
-            )
-            chosen, run_flops = levels, flops
         outcome = run_setting(
             setting, chosen, bench_b[0], bench_b[1], jax.random.key(2000 + b), run_flops, cache
         )

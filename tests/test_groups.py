@@ -56,17 +56,14 @@ def test_groups_take_their_own_draws_and_still_skip():
         return -1.5 * y
 
     y0 = jnp.ones((8, 3))
-    run = lambda groups: mlem_jax.solve(
-        [lambda t, y, a: -y, top],
-        y0,
-        0.0,
-        1.0,
-        200,
-        probabilities=[1.0, 0.05],
-        key=jax.random.key(3),
-        groups=groups,
-    )
-    shared, grouped = run(1), run(4)
+    levels = [lambda t, y, a: -y, top]
+
+    def run(**groups):
+        return mlem_jax.solve(
+            levels, y0, 0.0, 1.0, 200, probabilities=[1.0, 0.05], key=jax.random.key(3), **groups
+        )
+
+    shared, grouped = run(groups=1), run(groups=4)
     jax.effects_barrier()
     # One group's evaluation is one call on its 2 paths: calls = G x the mean count.
     assert len(calls) == shared.evaluations[1] + 4 * grouped.evaluations[1]
@@ -74,19 +71,8 @@ def test_groups_take_their_own_draws_and_still_skip():
     # Shared draws: every path alike; four groups: four different paths.
     assert len(np.unique(np.asarray(shared.ys), axis=0)) == 1
     assert len(np.unique(np.asarray(grouped.ys), axis=0)) == 4
-    # One group is the shared draws.
-    np.testing.assert_array_equal(
-        run(1).ys,
-        mlem_jax.solve(
-            [lambda t, y, a: -y, top],
-            y0,
-            0.0,
-            1.0,
-            200,
-            probabilities=[1.0, 0.05],
-            key=jax.random.key(3),
-        ).ys,
-    )
+    # One group is the default: the shared draws.
+    np.testing.assert_array_equal(shared.ys, run().ys)
 
 
 def test_bad_groups_are_refused():

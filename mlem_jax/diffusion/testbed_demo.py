@@ -16,7 +16,7 @@ from .figures import sample_panels
 from .metrics import strong_error
 from .mixture import ExactDrift
 from .runner import Setting, compile_sampler
-from .sample import T_MIN
+from .sample import T_MIN, method_cost
 from .testbed import LADDER, TESTBED_FILES, load_ladder, load_named_testbed
 
 
@@ -78,10 +78,8 @@ def run_testbed_demo(
         run = compile_sampler(setting, levels, x1, brownian)
         solution = run(levels, x1, brownian, draw_key, p)
         calls.append(lambda run=run, levels=levels, p=p: run(levels, x1, brownian, draw_key, p))
-        cost = (
-            np.diff(costs, prepend=0.0) @ np.asarray(solution.evaluations)
-            if chosen is None
-            else setting.num_steps * costs[0]
+        cost = method_cost(
+            setting.method, solution.evaluations, costs, setting.num_steps, shared=chosen is None
         )
         rows.append(
             {
