@@ -4,13 +4,15 @@ from collections.abc import Callable
 from typing import Any
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 
-from ._validation import describe
+from ._sampled_path import SampledBrownianPath
+from ._validation import concrete_or_none, describe
 
 
 BrownianIncrements = Callable[[Int[Array, ""], Any, Any], PyTree]
@@ -58,11 +60,11 @@ def key_increments(key: PRNGKeyArray, y0: PyTree) -> BrownianIncrements:
 
 
 def path_increments(
-    path: diffrax.AbstractBrownianPath, y0: PyTree, t0: Any, t1: Any
+    path: diffrax.AbstractBrownianPath, y0: PyTree, ts: Array
 ) -> BrownianIncrements:
     """Increments dW_n = W(t_{n+1}) - W(t_n) read off a diffrax Brownian path."""
     expected = jax.eval_shape(lambda: y0)
-    given = jax.eval_shape(lambda: path.evaluate(t0, t1))
+    given = jax.eval_shape(lambda: path.evaluate(jnp.min(ts), jnp.max(ts)))
     if jtu.tree_structure(given) != jtu.tree_structure(expected) or any(
         g.shape != e.shape for g, e in zip(jtu.tree_leaves(given), jtu.tree_leaves(expected))
     ):
@@ -71,20 +73,23 @@ def path_increments(
             f"({describe(expected)}) for diagonal noise, got increments of shape "
             f"{describe(given)}."
         )
+    # A sampled path's nodes are checked once for the whole grid (`on_path_nodes`), so
+    # the steps read it unchecked.
+    read = path.lookup if isinstance(path, SampledBrownianPath) else path.evaluate
 
     def increments(n, t, dt):
         # Ask for the increment forwards in time and flip its sign in reverse time:
         # paths such as UnsafeBrownianPath take sqrt(t1 - t0).
-        dw = path.evaluate(jnp.minimum(t, t + dt), jnp.maximum(t, t + dt))
+        dw = read(jnp.minimum(t, t + dt), jnp.maximum(t, t + dt))
         return jtu.tree_map(lambda w, x: (jnp.sign(dt) * w).astype(x.dtype), dw, y0)
 
     return increments
 
 
-def brownian_increments(brownian: Any, y0: PyTree, t0: Any, t1: Any) -> BrownianIncrements:
+def brownian_increments(brownian: Any, y0: PyTree, ts: Array) -> BrownianIncrements:
     """Dispatch on `brownian`: a PRNG key or a diffrax `AbstractBrownianPath`."""
     if isinstance(brownian, diffrax.AbstractBrownianPath):
-        return path_increments(brownian, y0, t0, t1)
+        return path_increments(brownian, y0, ts)
     if _is_key(brownian):
         return key_increments(brownian, y0)
     raise TypeError(
@@ -93,3 +98,25 @@ def brownian_increments(brownian: Any, y0: PyTree, t0: Any, t1: Any) -> Brownian
         + (f" of shape {np.shape(brownian)}" if hasattr(brownian, "shape") else "")
         + "."
     )
+
+
+def on_path_nodes(brownian: Any, ts: Array) -> Array:
+    """The grid `ts`, checked to lie on the nodes of a `SampledBrownianPath`: a
+    `ValueError` naming `ts` when the grid is concrete, else a run-time error tied to
+    the grid. Other paths and keys take any grid."""
+    if not isinstance(brownian, SampledBrownianPath):
+        return ts
+    message = (
+        "`ts` must lie on the nodes of the `SampledBrownianPath` passed as `brownian` "
+        "(it stores W at its nodes only): build the path on a grid that holds these "
+        "times (e.g. a finer grid of the same family)"
+    )
+    off = brownian.off_nodes(ts)
+    known = concrete_or_none(off)
+    if known is None:
+        return eqx.error_if(ts, jnp.any(off), message + ".")
+    if known.any():
+        raise ValueError(
+            f"{message}; t_n is not a node at n = {np.flatnonzero(known)[:5].tolist()}."
+        )
+    return ts

@@ -19,12 +19,11 @@ import diffrax
 import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 
 from ._diffrax_private import wrapper_terms
 from ._family import LevelFamily
-from ._levels import needed_levels
-from ._schedule import check_schedule_callable, checked_schedule_row
+from ._schedule import Probabilities, checked_probabilities
 from ._step import MLEMState, build_step
 from ._throw import error_if_failed, failed_steps
 from ._validation import (
@@ -32,7 +31,6 @@ from ._validation import (
     check_draws,
     check_level_outputs,
     check_levels,
-    check_probabilities,
     check_throw,
 )
 
@@ -51,10 +49,8 @@ class MultilevelTerm(diffrax.AbstractTerm):
     """
 
     levels: tuple[Callable, ...] | LevelFamily
-    probabilities: Float[Array, " K"] | Float[Array, "N K"] | Callable | None
-    coupling: str = eqx.field(static=True)
+    probabilities: Probabilities
     draws: str = eqx.field(static=True)
-    needed: tuple[int, ...] = eqx.field(static=True)
 
     def __init__(
         self,
@@ -86,17 +82,18 @@ class MultilevelTerm(diffrax.AbstractTerm):
         self.levels = check_levels(levels)
         check_coupling(coupling)
         check_draws(draws)
-        self.coupling = coupling
         self.draws = draws
-        if callable(probabilities):
-            check_schedule_callable(probabilities, len(self.levels))
-            self.probabilities = probabilities
-            self.needed = tuple(range(len(self.levels)))
-        else:
-            self.probabilities = check_probabilities(probabilities, len(self.levels), coupling)
-            self.needed = (
-                (0,) if self.probabilities is None else needed_levels(self.probabilities, coupling)
-            )
+        self.probabilities = checked_probabilities(probabilities, len(self.levels), coupling)
+
+    @property
+    def coupling(self) -> str:
+        """`"nested"` or `"independent"`."""
+        return self.probabilities.coupling
+
+    @property
+    def needed(self) -> tuple[int, ...]:
+        """The levels the estimate depends on (`mlem_jax.needed_levels`)."""
+        return self.probabilities.needed
 
     def vf(self, t: Any, y: PyTree, args: Any) -> PyTree:
         """The top level f^K(t, y, args), the mean of ML-EM's drift estimate."""
@@ -208,6 +205,24 @@ def _time_mapped_levels(levels: Any, direction: Any) -> Any:
             return levels
         return _TimeMappedFamily(levels, direction)
     return [_time_mapped(level, direction) for level in levels]
+
+
+def _in_user_time(p: Probabilities, num_steps: Any, direction: Any) -> Probabilities:
+    """`p` for a step of diffrax's loop: a callable schedule called with the user's time
+    (diffrax hands over t * direction), a table checked at run time to have a row for
+    step `num_steps` (the step index is traced)."""
+    values = p.values
+    if callable(values):
+        schedule = values
+        values = lambda t: schedule(t * direction)  # noqa: E731
+    elif values is not None and values.ndim == 2:
+        values = eqx.error_if(
+            values,
+            num_steps >= values.shape[0],
+            f"`probabilities` has {values.shape[0]} rows (one per step) but the solve "
+            "takes more steps than that.",
+        )
+    return Probabilities(values, p.needed, p.coupling)
 
 
 def _sum_terms(*values: PyTree) -> PyTree:
@@ -346,16 +361,8 @@ class MLEM(diffrax.AbstractItoSolver):
                 return _sum_terms(*(other.vf_prod(t, y, args, w) for other, w in zip(others, dw)))
 
             noise, dw = other_terms, tuple(other.contr(t0, t1) for other in others)
-        p = checked_schedule_row(
-            term.probabilities,
-            solver_state.num_steps,
-            t0 * parsed.direction,
-            len(levels),
-            term.coupling,
-        )
-        step = build_step(
-            levels, p, noise=noise, coupling=term.coupling, draws=term.draws, needed=term.needed
-        )
+        p = _in_user_time(term.probabilities, solver_state.num_steps, parsed.direction)
+        step = build_step(levels, p, noise=noise, coupling=term.coupling, draws=term.draws)
         dt = parsed.drift.contr(t0, t1)  # the signed time step: negative in reverse time
         start = MLEMState(y0, solver_state.evaluations, solver_state.num_steps)
         state, info = step(self.key, start, t0, dt, dw, args)

@@ -104,10 +104,14 @@ def _zeros_like(tree: PyTree) -> PyTree:
     return jtu.tree_map(jnp.zeros_like, tree)
 
 
-def _widened(tree: PyTree) -> PyTree:
-    """`tree` in at least float32, where the corrections are formed: in bfloat16, p_l
-    itself would round (0.3 -> 0.30078) and bias every correction by as much."""
-    return jtu.tree_map(lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32)), tree)
+def _widened(tree: PyTree, state: PyTree) -> PyTree:
+    """A level's output in the state's dtypes, widened to at least float32, where the
+    corrections are formed: in bfloat16, p_l itself would round (0.3 -> 0.30078) and
+    bias every correction by as much. (A float64 output for a float32 state, as under
+    `jax_enable_x64` with float64 times, is rounded to float32 here.)"""
+    return jtu.tree_map(
+        lambda x, y: x.astype(jnp.promote_types(jnp.result_type(y), jnp.float32)), tree, state
+    )
 
 
 def multilevel_drift(
@@ -133,7 +137,7 @@ def multilevel_drift(
     `(F, evaluated)`, where `evaluated[l]` says whether f^l was computed. F has the
     structure of `y`, in y's dtypes promoted to at least float32.
     """
-    first = _widened(levels[0](t, y, args))
+    first = _widened(levels[0](t, y, args), y)
     if coupling == "nested":
         corrections = _nested_corrections(levels, probabilities, drawn, t, y, args, 1, first)
         return jtu.tree_map(jnp.add, first, corrections), drawn
@@ -150,7 +154,7 @@ def _nested_corrections(levels, probabilities, drawn, t, y, args, index, lower):
         return _zeros_like(lower)
 
     def evaluate():
-        upper = _widened(levels[index](t, y, args))
+        upper = _widened(levels[index](t, y, args), y)
         rest = _nested_corrections(levels, probabilities, drawn, t, y, args, index + 1, upper)
         own = _scaled_difference(upper, lower, probabilities[index])
         return jtu.tree_map(jnp.add, own, rest)
@@ -166,7 +170,7 @@ def _independent_drift(levels, probabilities, drawn, t, y, args, first):
         values.append(
             lax.cond(
                 evaluated[index],
-                lambda lv=levels[index]: _widened(lv(t, y, args)),
+                lambda lv=levels[index]: _widened(lv(t, y, args), y),
                 lambda: _zeros_like(first),
             )
         )
@@ -209,7 +213,7 @@ def family_drift(
         choice = jnp.sum(drawn[np.asarray(needed)]) - 1
 
         def estimate(depth):
-            outputs = [_widened(o) for o in family.evaluate(t, y, args, depth)]
+            outputs = [_widened(o, y) for o in family.evaluate(t, y, args, depth)]
             used = [level for level in needed if level < depth]
             total = outputs[used[0]]
             for lower, upper in zip(used, used[1:]):
@@ -223,7 +227,7 @@ def family_drift(
         choice = jnp.max(jnp.where(drawn, jnp.arange(num_levels), 0))
 
         def estimate(depth):
-            outputs = [_widened(o) for o in family.evaluate(t, y, args, depth)]
+            outputs = [_widened(o, y) for o in family.evaluate(t, y, args, depth)]
             total = outputs[0]
             for level in range(1, depth):
                 correction = _scaled_difference(

@@ -59,6 +59,7 @@ def optimal_probabilities(
     coupling: str = "nested",
     draws: str = "random",
     shared: bool = False,
+    step_sizes: Any = None,
 ) -> np.ndarray:
     """p_l minimising the expected cost sum_l p_l C_l under sum_l v_l / p_l <= V.
 
@@ -77,7 +78,9 @@ def optimal_probabilities(
     is a schedule (N, K) minimising sum_n sum_l p_{n,l} C_l under
     sum_n sum_l v_{n,l} / p_{n,l} <= V: p_{n,l} = min(1, lambda sqrt(v_{n,l} / C_l))
     with one global lambda, so the costly levels are drawn where they differ most.
-    (The h^2 of equal steps is a common factor and does not change p.)
+    (The h^2 of equal steps is a common factor and does not change p. On a grid of
+    unequal steps h_n, step n's randomisation error has variance h_n^2 v_{n,l} / p_{n,l}:
+    pass `step_sizes` and the rows are weighted by h_n^2.)
 
     **Arguments:**
 
@@ -95,6 +98,9 @@ def optimal_probabilities(
     - `shared`: True for the levels of a `LevelFamily`, with `costs` the cumulative cost
         of a pass to each level: correction l then costs c_l - c_(l-1)
         (`correction_costs`).
+    - `step_sizes`: for a schedule on a grid of unequal steps, |t_(n+1) - t_n| of each
+        step, shape (N,) (e.g. `abs(diff(ts))`): row n of `variances` is weighted by
+        h_n^2, and `variance_budget` is in those units.
 
     **Returns:**
 
@@ -105,6 +111,8 @@ def optimal_probabilities(
     power = POWERS[draws]
     c = correction_costs(costs, coupling, shared=shared)
     v = _as_variances(variances, len(c))
+    if step_sizes is not None:
+        v = v * _step_weights(step_sizes, v)[:, None]
     if len(c) == 0:
         return np.ones(v.shape[:-1] + (1,))
     if (c <= 0).any():
@@ -142,6 +150,19 @@ def _as_variances(variances: Any, length: int) -> np.ndarray:
     if not np.isfinite(v).all() or (v < 0).any():
         raise ValueError(f"`variances` must be finite and >= 0, got {v.tolist()}.")
     return v
+
+
+def _step_weights(step_sizes: Any, v: np.ndarray) -> np.ndarray:
+    """h_n^2 for the rows of a schedule's variances."""
+    h = np.asarray(step_sizes, dtype=np.float64)
+    if v.ndim != 2 or h.shape != v.shape[:1]:
+        raise ValueError(
+            "`step_sizes` weight the rows of a schedule: `variances` must be (N, K - 1) and "
+            f"`step_sizes` (N,); got variances {v.shape} and step_sizes {h.shape}."
+        )
+    if not np.isfinite(h).all() or (h <= 0).any():
+        raise ValueError(f"`step_sizes` must be finite and > 0, got {h.tolist()}.")
+    return h**2
 
 
 def _scale_for_top_level(shape: np.ndarray, evaluations: Any, num_steps: Any) -> float:

@@ -11,11 +11,10 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 
-from ._brownian import brownian_increments
-from ._schedule import step_times
-from ._solve import grid_time
+from ._brownian import brownian_increments, on_path_nodes
+from ._grid import step_grid
 from ._step import build_step, diagonal_noise, init
-from ._validation import check_num_steps, check_state, check_times
+from ._validation import check_state
 
 
 def _sum_squares(tree: PyTree) -> Any:
@@ -25,16 +24,17 @@ def _sum_squares(tree: PyTree) -> Any:
 
 
 @eqx.filter_jit
-def _gains(drift, diffusion, brownian, y0, t0, t1, num_steps, args, key):
+def _gains(drift, diffusion, brownian, y0, ts, args, key):
     noise = None if diffusion is None else diagonal_noise(diffusion)
-    increments = None if diffusion is None else brownian_increments(brownian, y0, t0, t1)
+    increments = None if diffusion is None else brownian_increments(brownian, y0, ts)
     step = build_step([drift], noise=noise)
+    num_steps = ts.shape[0] - 1
 
     @jax.checkpoint  # keep one state per step for the backward pass, not activations
     def body(state, error):
         n = state.step
-        t = grid_time(n, t0, t1, num_steps)
-        dt = grid_time(n + 1, t0, t1, num_steps) - t
+        t = ts[n]
+        dt = ts[n + 1] - t
         dw = None if increments is None else increments(n, t, dt)
         state, _ = step(None, state, t, dt, dw, args)
         return state._replace(y=jtu.tree_map(jnp.add, state.y, error)), None
@@ -57,10 +57,11 @@ def _gains(drift, diffusion, brownian, y0, t0, t1, num_steps, args, key):
 def error_sensitivity(
     drift: Callable,
     y0: PyTree,
-    t0: float,
-    t1: float,
-    num_steps: int,
+    t0: float | None = None,
+    t1: float | None = None,
+    num_steps: int | None = None,
     *,
+    ts: Any = None,
     diffusion: Callable | None = None,
     brownian: Any = None,
     args: Any = None,
@@ -77,7 +78,7 @@ def error_sensitivity(
     **Arguments:**
 
     - `drift`: the drift `f(t, y, args)` (the top level); `diffusion`, `brownian`,
-        `args`, `y0`, `t0`, `t1`, `num_steps`: as in `solve`.
+        `args`, `y0` and the grid (`t0`, `t1`, `num_steps`, or `ts`): as in `solve`.
     - `key`: PRNG key of the random probe u (Hutchinson: E||G^T u||^2 = tr(G G^T) for
         u ~ N(0, I), estimated with one probe over all of `y0`'s entries).
 
@@ -85,23 +86,14 @@ def error_sensitivity(
 
     `(ts, w)`: the start time of each step, shape (N,), and w_n, shape (N,).
     """
-    num_steps = check_num_steps(num_steps)
-    check_times(t0, t1)
+    grid = step_grid(t0, t1, num_steps, ts)
     check_state(y0)
     if (diffusion is None) != (brownian is None):
         raise ValueError(
             "`diffusion` and `brownian` go together: pass both for an SDE or neither for an ODE."
         )
     key = jax.random.key(0) if key is None else key
-    gains = _gains(
-        drift,
-        diffusion,
-        brownian,
-        y0,
-        jnp.asarray(t0, float),
-        jnp.asarray(t1, float),
-        num_steps,
-        args,
-        key,
-    )
-    return np.asarray(step_times(t0, t1, num_steps)), np.asarray(gains, dtype=np.float64)
+    if brownian is not None:
+        grid = on_path_nodes(brownian, grid)
+    gains = _gains(drift, diffusion, brownian, y0, grid, args, key)
+    return np.asarray(grid[:-1]), np.asarray(gains, dtype=np.float64)

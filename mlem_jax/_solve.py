@@ -8,13 +8,13 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
-from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
 
-from ._brownian import brownian_increments
+from ._brownian import brownian_increments, on_path_nodes
 from ._family import LevelFamily, marginal_costs
+from ._grid import grid_indices, step_grid
 from ._groups import check_group_sizes, check_groups
-from ._levels import needed_levels
-from ._schedule import probabilities_at, probability_table
+from ._schedule import checked_probabilities
 from ._step import build_step, diagonal_noise, evaluated_at, init
 from ._throw import error_if_failed, failed_steps
 from ._validation import (
@@ -23,11 +23,8 @@ from ._validation import (
     check_draws,
     check_level_outputs,
     check_levels,
-    check_num_steps,
     check_state,
     check_throw,
-    check_times,
-    concrete_or_none,
 )
 
 
@@ -36,7 +33,7 @@ class Solution(eqx.Module):
 
     - `ys`: the final state, or the states at the requested save times stacked on a
         new leading axis.
-    - `ts`: t1, or the save times.
+    - `ts`: the final time, or the save times.
     - `evaluations`: int array (K,): at how many steps each level was evaluated; with
         `groups` > 1, a float array (K,): the mean over the groups.
     - `cost`: `evaluations @ costs` when `costs` were given (with a `LevelFamily`, the
@@ -49,7 +46,7 @@ class Solution(eqx.Module):
     cost: Float[Array, ""] | None
 
 
-def _save_indices(saveat: Any, t0: Any, t1: Any, num_steps: int) -> tuple[int, ...] | None:
+def _save_indices(saveat: Any, ts: Array) -> tuple[int, ...] | None:
     """Grid indices of the save times; None saves only the final state."""
     if saveat is None:
         return None
@@ -58,27 +55,8 @@ def _save_indices(saveat: Any, t0: Any, t1: Any, num_steps: int) -> tuple[int, .
             raise ValueError(
                 f"`saveat` must be None, 'steps' or an array of grid times, got {saveat!r}."
             )
-        return tuple(range(num_steps + 1))
-    times = np.asarray(saveat, dtype=np.float64).reshape(-1)
-    a, b = concrete_or_none(t0), concrete_or_none(t1)
-    if a is None or b is None:
-        raise ValueError("`saveat` times need concrete `t0` and `t1`, got traced values.")
-    positions = (times - float(a)) / (float(b) - float(a)) * num_steps
-    indices = np.rint(positions)
-    if (
-        not np.allclose(positions, indices, atol=1e-4)
-        or ((indices < 0) | (indices > num_steps)).any()
-    ):
-        raise ValueError(
-            "`saveat` times must lie on the step grid t0 + n (t1 - t0) / num_steps, "
-            f"n = 0..{num_steps}; got {times.tolist()}."
-        )
-    return tuple(int(i) for i in indices)
-
-
-def grid_time(n: Any, t0: Any, t1: Any, num_steps: int) -> Any:
-    """t_n = t0 + n (t1 - t0) / N, exactly t1 at n = N (a Brownian path's end point)."""
-    return jnp.where(n == num_steps, t1, t0 + n * ((t1 - t0) / num_steps))
+        return tuple(range(ts.shape[0]))
+    return grid_indices(saveat, ts)
 
 
 @eqx.filter_jit
@@ -90,13 +68,10 @@ def _scan(
     coupling,
     draws,
     y0,
-    t0,
-    t1,
-    num_steps,
+    ts,
     key,
     args,
     save,
-    needed,
     groups,
     throw,
 ):
@@ -105,13 +80,17 @@ def _scan(
     check_state(y0)
     if groups > 1:
         check_group_sizes(y0, groups)
-    check_level_outputs(levels, t0, y0, args)
+    check_level_outputs(levels, ts[0], y0, args)
+    num_steps = ts.shape[0] - 1
     if diffusion is None:
         noise = increments = None
     else:
-        check_diffusion_output(diffusion, t0, y0, args)
+        check_diffusion_output(diffusion, ts[0], y0, args)
         noise = diagonal_noise(diffusion)
-        increments = brownian_increments(brownian, y0, t0, t1)
+        increments = brownian_increments(brownian, y0, ts)
+    step = build_step(
+        levels, probabilities, noise=noise, coupling=coupling, draws=draws, groups=groups
+    )
 
     # The step index is carried in the state rather than scanned over: on CPU, slicing
     # it out of an `xs` array each step makes the loop several times slower for small
@@ -119,18 +98,9 @@ def _scan(
     def body(carry, _):
         state, saved, failed = carry
         n = state.step
-        t = grid_time(n, t0, t1, num_steps)
-        dt = grid_time(n + 1, t0, t1, num_steps) - t
+        t = ts[n]
+        dt = ts[n + 1] - t
         dw = None if increments is None else increments(n, t, dt)
-        step = build_step(
-            levels,
-            probabilities_at(probabilities, n),
-            noise=noise,
-            coupling=coupling,
-            draws=draws,
-            needed=needed,
-            groups=groups,
-        )
         state, _ = step(key, state, t, dt, dw, args)
         if save is not None:
             saved = _store(saved, slots, n + 1, state.y)  # pyright: ignore[reportArgumentType]
@@ -151,24 +121,24 @@ def _scan(
     start = (init(y0, len(levels)), saved, failed)
     (final, saved, failed), _ = lax.scan(body, start, None, length=num_steps)
     if save is None:
-        out = final.y, t1, final.evaluations
+        out = final.y, ts[-1], final.evaluations
     else:
         ys = jtu.tree_map(lambda b: b[order], saved)  # pyright: ignore[reportPossiblyUnboundVariable]
-        out = ys, grid_time(jnp.asarray(save), t0, t1, num_steps), final.evaluations
+        out = ys, ts[jnp.asarray(save)], final.evaluations
     if failed is None:  # not throw
         return out
     return error_if_failed(
         out,
         failed,
         lambda n, group: (
-            grid_time(n, t0, t1, num_steps),
+            ts[n],
             evaluated_at(
                 key,
-                probabilities_at(probabilities, n),
+                probabilities.row(n, ts[n]),
                 n,
                 group,
                 len(levels),
-                needed or [0],
+                probabilities.needed,
                 coupling,
                 draws,
                 groups,
@@ -192,10 +162,11 @@ def _store(saved: PyTree, slots: Int[Array, " N+1"], n: Any, y: PyTree) -> PyTre
 def solve(
     levels: Sequence[Callable] | LevelFamily,
     y0: PyTree,
-    t0: float | Float[Array, ""],
-    t1: float | Float[Array, ""],
-    num_steps: int,
+    t0: float | Float[Array, ""] | None = None,
+    t1: float | Float[Array, ""] | None = None,
+    num_steps: int | None = None,
     *,
+    ts: Float[ArrayLike, " N+1"] | None = None,
     probabilities: Any = None,
     diffusion: Callable | None = None,
     key: PRNGKeyArray | None = None,
@@ -227,26 +198,35 @@ def solve(
         first, or a `LevelFamily` whose levels share one pass. One level is plain
         Euler-Maruyama.
     - `y0`: the initial state, an array or a pytree of floating arrays. Leading batch
-        axes are the levels' business, or `vmap` `solve`.
-    - `t0`, `t1`: the time span; `t1 < t0` integrates backwards.
-    - `num_steps`: the number of equal steps, a positive Python int.
+        axes are the levels' business, or `vmap` `solve`. The state keeps its dtypes:
+        each step is formed in the wider of the state's, the drift's and the time's
+        dtype and rounded back (so a float32 state works under `jax_enable_x64`, with
+        float64 times).
+    - The time grid, in exactly one of two forms:
+        - `t0`, `t1`, `num_steps`: `num_steps` (a positive Python int) equal steps from
+          `t0` to `t1`; `t1 < t0` integrates backwards.
+        - `ts=`: the grid t_0, ..., t_N itself, any strictly monotone 1-d array of at
+          least two finite times (decreasing integrates backwards), e.g. a grid that
+          puts most steps near the data end of a diffusion; step n goes from t_n to
+          t_(n+1). Checked when its values are concrete.
     - `probabilities`: p_1..p_K, each in (0, 1], p_1 == 1, non-increasing under the
-        nested coupling; required when K > 1. Or a schedule: an array (num_steps, K)
-        whose row n is used at step n, or a callable `t -> (K,)` evaluated at the
-        start of each step (see `optimal_probabilities` with time-binned variances).
+        nested coupling; required when K > 1. Or a schedule: an array (N, K) whose row n
+        is used at step n of the grid, or a callable `t -> (K,)` evaluated at the start
+        t_n of each step (see `optimal_probabilities` with per-step variances).
     - `diffusion`: `g(t, y, args)`, broadcasting against `y` leaf by leaf (diagonal or
         scalar noise, applied as g * dW). None solves an ODE.
     - `key`: PRNG key of the level draws; required when K > 1.
     - `brownian`: a PRNG key (increments N(0, |dt|) from a stream of their own,
         `fold_in(fold_in(key, NOISE_STREAM), n)`, so the same key as `key` is fine) or a
         diffrax `AbstractBrownianPath` (increments W(t_{n+1}) - W(t_n), shared across
-        step counts). Required exactly when `diffusion` is given.
+        step counts; a `SampledBrownianPath` must hold every grid point among its
+        nodes). Required exactly when `diffusion` is given.
     - `args`: passed to every level and to `diffusion`.
     - `coupling`: `"nested"` (default) or `"independent"`.
     - `draws`: `"random"` (default: independent draws at every step, the method as
         analysed) or `"stratified"` (the steps that draw a level spread evenly over
         the trajectory; see `draw_levels`).
-    - `saveat`: None (final state), `"steps"` (every grid point, t0 included) or an
+    - `saveat`: None (final state), `"steps"` (every grid point, t_0 included) or an
         array of times on the grid.
     - `costs`: cost of one evaluation of each level (e.g. FLOPs), shape (K,); for a
         `LevelFamily`, of one pass to each level (cumulative, `level_costs(family)`), so
@@ -273,9 +253,8 @@ def solve(
     check_draws(draws)
     groups = check_groups(groups)
     throw = check_throw(throw)
-    num_steps = check_num_steps(num_steps)
-    check_times(t0, t1)
-    probabilities = probability_table(probabilities, len(levels), coupling, t0, t1, num_steps)
+    grid = step_grid(t0, t1, num_steps, ts)
+    probabilities = checked_probabilities(probabilities, len(levels), coupling, grid)
     if len(levels) > 1 and key is None:
         raise ValueError(
             f"`key` (PRNG key of the level draws) is required with {len(levels)} levels, got None."
@@ -292,9 +271,9 @@ def solve(
             raise ValueError(
                 f"`costs` must have shape ({len(levels)},), one per level, got {costs.shape}."
             )
-    save = _save_indices(saveat, t0, t1, num_steps)
-    time_dtype = jnp.result_type(float)
-    ys, ts, evaluations = _scan(
+    if brownian is not None:
+        grid = on_path_nodes(brownian, grid)
+    ys, times, evaluations = _scan(
         levels,
         probabilities,
         diffusion,
@@ -302,13 +281,10 @@ def solve(
         coupling,
         draws,
         y0,
-        jnp.asarray(t0, time_dtype),
-        jnp.asarray(t1, time_dtype),
-        num_steps,
+        grid,
         key,
         args,
-        save,
-        None if probabilities is None else needed_levels(probabilities, coupling),
+        _save_indices(saveat, grid),
         groups,
         throw,
     )
@@ -317,4 +293,4 @@ def solve(
     if costs is not None and isinstance(levels, LevelFamily):
         costs = jnp.asarray(marginal_costs(costs), dtype=costs.dtype)
     cost = None if costs is None else evaluations @ costs
-    return Solution(ys=ys, ts=ts, evaluations=evaluations, cost=cost)
+    return Solution(ys=ys, ts=times, evaluations=evaluations, cost=cost)

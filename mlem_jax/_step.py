@@ -3,7 +3,6 @@
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
-import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
@@ -16,15 +15,9 @@ from ._levels import (
     family_drift,
     levels_to_evaluate,
     multilevel_drift,
-    needed_levels,
 )
-from ._validation import (
-    check_coupling,
-    check_draws,
-    check_levels,
-    check_probabilities,
-    concrete_or_none,
-)
+from ._schedule import checked_probabilities
+from ._validation import check_coupling, check_draws, check_levels
 
 
 class MLEMState(NamedTuple):
@@ -68,27 +61,6 @@ def init(y0: PyTree, num_levels: int) -> MLEMState:
     return MLEMState(
         y=y0, evaluations=jnp.zeros(num_levels, jnp.int32), step=jnp.zeros((), jnp.int32)
     )
-
-
-def check_needed(
-    needed: Sequence[int] | None, probabilities: Any, num_levels: int, coupling: str
-) -> list[int]:
-    """`needed` as a sorted list of level indices, checked to include every level the
-    estimate needs (`needed_levels`, or just the top one for traced `probabilities`);
-    `needed_levels(probabilities)` when None."""
-    if probabilities is None:
-        return [0]
-    if needed is None:
-        return list(needed_levels(probabilities, coupling))
-    traced = concrete_or_none(probabilities) is None and coupling == "nested"
-    required = (num_levels - 1,) if traced else needed_levels(probabilities, coupling)
-    chosen = sorted({int(i) for i in needed})
-    if not set(required) <= set(chosen) or not set(chosen) <= set(range(num_levels)):
-        raise ValueError(
-            f"`needed` must be level indices in 0..{num_levels - 1} including "
-            f"{list(required)} (`needed_levels` of the probabilities), got {list(needed)}."
-        )
-    return chosen
 
 
 def evaluated_at(
@@ -150,7 +122,10 @@ def build_step(
 
     - `levels`: callables `f(t, y, args)`, cheapest first, or a `LevelFamily` (a step
         then runs one pass of the family, to the deepest level it draws).
-    - `probabilities`: p_1..p_K with p_1 == 1; required when K > 1.
+    - `probabilities`: p_1..p_K with p_1 == 1, required when K > 1; or a schedule: an
+        array (N, K) whose row `state.step` is used at each step, or a callable
+        `t -> (K,)` evaluated at the step's start (checked at run time). Checked once,
+        here, into a `Probabilities` (one passed in is taken as it is).
     - `noise`: `noise(t, y, args, dw)` returning the noise increment (e.g.
         `diagonal_noise(g)`), or None for an ODE.
     - `coupling`: `"nested"` or `"independent"` (see `draw_levels`).
@@ -176,24 +151,15 @@ def build_step(
     check_coupling(coupling)
     check_draws(draws)
     groups = check_groups(groups)
-    p = check_probabilities(probabilities, len(levels), coupling)
-    needed = check_needed(needed, p, len(levels), coupling)
-    used = [levels[i] for i in needed]
-    index = np.array(needed)
-    skipped = [i for i in range(len(levels)) if i not in needed]
-    if skipped and p is not None and concrete_or_none(p) is None:
-        # Traced p: check at run time that the skipped levels cancel (p_l == p_(l+1)).
-        p = eqx.error_if(
-            p,
-            jnp.any(p[..., np.array(skipped)] != p[..., np.array(skipped) + 1]),
-            f"`needed` skips levels {skipped}, which cancel only where p_l == p_(l+1); "
-            "compute it with `needed_levels` from these probabilities.",
-        )
+    probabilities = checked_probabilities(probabilities, len(levels), coupling, needed=needed)
+    chosen = probabilities.needed
+    used = [levels[i] for i in chosen]
+    index = np.array(chosen)
 
     def estimate(key, n, t, y, args, p: Array):
         drawn = draw_levels(key, p, coupling, step=n, draws=draws)
         if isinstance(levels, LevelFamily):
-            drift, evaluated = family_drift(levels, tuple(needed), p, drawn, t, y, args, coupling)
+            drift, evaluated = family_drift(levels, chosen, p, drawn, t, y, args, coupling)
             return drift, drawn, evaluated
         drift, evaluated_used = multilevel_drift(
             used, p[..., index], drawn[..., index], t, y, args, coupling
@@ -203,8 +169,9 @@ def build_step(
     def step(key, state, t, dt, dw, args):
         if groups > 1:
             check_group_sizes(state.y, groups)
+        p = probabilities.row(state.step, t)
         if p is None:
-            drift = levels[0](t, state.y, args)
+            drift = levels[-1](t, state.y, args)
             drawn = evaluated = jnp.ones(1, bool)
         else:
             drawing: Array = p

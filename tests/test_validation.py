@@ -34,9 +34,9 @@ def solve(levels=None, *, y0=Y0, t0=0.0, t1=1.0, num_steps=10, **kwargs):
             r"`levels\[1\]`.*float32\[3\].*float32\[2\]",
         ),
         (
-            dict(levels=[lambda t, y, a: -y, lambda t, y, a: (-y).astype(jnp.float16)]),
+            dict(levels=[lambda t, y, a: -y, lambda t, y, a: (-y).astype(jnp.int32)]),
             ValueError,
-            r"`levels\[1\]`.*dtypes.*float16",
+            r"`levels\[1\]`.*floating dtypes.*int32",
         ),
         (dict(probabilities=None), ValueError, r"`probabilities`.*required with 2 levels"),
         (dict(probabilities=[1.0, 0.5, 0.5]), ValueError, r"`probabilities`.*\(2,\).*\(3,\)"),
