@@ -13,8 +13,9 @@ from ._validation import concrete_or_none
 
 
 # A time is one of the stored ones when it lies within this fraction of the spacing
-# around that node (float rounding of grids computed in different ways).
+# around that node, or within a few roundings of it (grids computed in different ways).
 NODE_TOLERANCE = 1e-3
+ROUNDINGS = 8
 
 
 class SampledBrownianPath(diffrax.AbstractBrownianPath):
@@ -67,19 +68,22 @@ class SampledBrownianPath(diffrax.AbstractBrownianPath):
 
     def node_index(self, t: Any) -> tuple[Int[Array, ""], Bool[Array, ""]]:
         """The nearest node to t, and whether t is that node (to `NODE_TOLERANCE` of
-        the spacing there)."""
+        the spacing there, or `ROUNDINGS` roundings of t)."""
         last = self.values.shape[0] - 1
+        t = jnp.asarray(t)
+        rounding = ROUNDINGS * jnp.finfo(jnp.result_type(t, float)).eps * jnp.abs(t)
         if self.times is None:
             spacing = (self.t1 - self.t0) / last
             index = jnp.clip(jnp.rint((t - self.t0) / spacing), 0, last).astype(jnp.int32)
-            node = self.t0 + index * spacing
-            return index, jnp.abs(t - node) <= NODE_TOLERANCE * abs(spacing)
+            gap = jnp.abs(t - (self.t0 + index * spacing))
+            return index, gap <= jnp.maximum(NODE_TOLERANCE * abs(spacing), rounding)
         right = jnp.clip(jnp.searchsorted(self.times, t), 1, last)
         left = right - 1
         nearer_left = jnp.abs(t - self.times[left]) <= jnp.abs(self.times[right] - t)
         index = jnp.where(nearer_left, left, right)
+        gap = jnp.abs(t - self.times[index])
         spacing = self.times[right] - self.times[left]
-        return index, jnp.abs(t - self.times[index]) <= NODE_TOLERANCE * spacing
+        return index, gap <= jnp.maximum(NODE_TOLERANCE * spacing, rounding)
 
     def off_nodes(self, ts: Float[Array, " N"]) -> Bool[Array, " N"]:
         """Which of the times `ts` are not nodes of the path."""

@@ -104,8 +104,9 @@ def test_runner_compiles_again_for_another_brownian_path_shape():
     levels = score_levels(tiny_unets())
     x1 = initial_noise(jax.random.key(1), 3, IMAGE_SHAPE)
     setting, cache = Setting("em", STEPS), {}
-    for fine, t0 in ((8, T_MIN), (24, T_MIN), (24, 0.01)):
-        path = grid_brownian_path(jax.random.key(2), x1.shape, fine, t0)
+    # The last path spans [t_min, 2 - t_min]: its nodes still hold the grid's points.
+    for fine, t1 in ((8, 1.0), (24, 1.0), (48, 2.0 - T_MIN)):
+        path = grid_brownian_path(jax.random.key(2), x1.shape, fine, T_MIN, t1)
         cached = run_setting(setting, levels, x1, path, None, [1.0, 4.0], cache)
         fresh = run_setting(setting, levels, x1, path, None, [1.0, 4.0], {})
         np.testing.assert_array_equal(cached.samples, fresh.samples)

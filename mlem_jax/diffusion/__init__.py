@@ -16,11 +16,12 @@ if _missing:
     )
 del _missing
 
-from .brownian import grid_brownian_path
+from .brownian import brownian_path_on, family_brownian_path, grid_brownian_path
 from .calibrate import calibrate, probabilities_for, read_calibration, write_calibration
 from .checkpoint import CheckpointError, load_model, save_model
 from .classifier import Classifier, train_classifier
 from .data import ImageSplit, load_dataset, load_digits, load_mnist
+from .grids import DEFAULT_GRID, GRIDS, edm_grid, log_snr_grid, time_grid, uniform_grid
 from .levels import CHECKPOINTS, WIDTHS, build_family, load_levels, train_levels
 from .metrics import classifier_features, frechet_distance, quality_score, strong_error
 from .sample import (
@@ -32,7 +33,16 @@ from .sample import (
     stitch_evaluations,
     stitch_switch,
 )
-from .sde import VPSDE, Drift, NoisePredictor, ScoreDrift, StitchedDrift, reverse_drift
+from .sde import (
+    SDE,
+    VESDE,
+    VPSDE,
+    Drift,
+    NoisePredictor,
+    ScoreDrift,
+    StitchedDrift,
+    reverse_drift,
+)
 from .train import TrainConfig, TrainState, dsm_loss, train
 from .unet import UNet, parameter_count
 
@@ -41,21 +51,28 @@ __all__ = [
     "CHECKPOINTS",
     "CheckpointError",
     "Classifier",
+    "DEFAULT_GRID",
     "Drift",
+    "GRIDS",
     "ImageSplit",
     "NoisePredictor",
+    "SDE",
     "ScoreDrift",
     "StitchedDrift",
     "T_MIN",
     "TrainConfig",
     "TrainState",
     "UNet",
+    "VESDE",
     "VPSDE",
     "WIDTHS",
+    "brownian_path_on",
     "build_family",
     "calibrate",
     "classifier_features",
     "dsm_loss",
+    "edm_grid",
+    "family_brownian_path",
     "frechet_distance",
     "grid_brownian_path",
     "initial_noise",
@@ -64,6 +81,7 @@ __all__ = [
     "load_levels",
     "load_mnist",
     "load_model",
+    "log_snr_grid",
     "method_cost",
     "parameter_count",
     "probabilities_for",
@@ -76,8 +94,10 @@ __all__ = [
     "stitch_evaluations",
     "stitch_switch",
     "strong_error",
+    "time_grid",
     "train",
     "train_classifier",
     "train_levels",
+    "uniform_grid",
     "write_calibration",
 ]

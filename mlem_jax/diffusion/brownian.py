@@ -5,12 +5,16 @@ count N dividing the grid sees the same path at one lookup per step.
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import PRNGKeyArray
 
 from .._sampled_path import SampledBrownianPath
+from .grids import time_grid
+from .sde import SDE, T_MIN
 
 
 def grid_brownian_path(
@@ -37,3 +41,42 @@ def grid_brownian_path(
     steps = scale * jax.random.normal(key, (num_intervals, *shape))
     values = jnp.concatenate([jnp.zeros((1, *shape)), jnp.cumsum(steps, axis=0)])
     return SampledBrownianPath(float(t0), float(t1), values)
+
+
+def brownian_path_on(key: PRNGKeyArray, shape: Sequence[int], times: Any) -> SampledBrownianPath:
+    """A `SampledBrownianPath` with W = 0 at the first node, stored at `times`: e.g. the
+    fine grid of a family of grids (`time_grid(name, sde, G)`), which every grid of the
+    family whose step count divides G reads exactly.
+
+    **Arguments:**
+
+    - `key`: PRNG key of the increments.
+    - `shape`: shape of W (that of the batch of images).
+    - `times`: the nodes, in any order (a decreasing sampling grid is stored increasing;
+        times equal in the default float dtype are stored once).
+
+    **Returns:**
+
+    The path.
+    """
+    nodes = np.unique(np.asarray(times).astype(jnp.result_type(float)))
+    if np.ndim(times) != 1 or len(nodes) < 2:
+        raise ValueError(
+            f"`times` must be at least two distinct times, got shape {np.shape(times)}."
+        )
+    nodes = jnp.asarray(nodes)
+    scale = jnp.sqrt(jnp.diff(nodes)).reshape(-1, *(1,) * len(shape))
+    steps = scale * jax.random.normal(key, (len(nodes) - 1, *shape))
+    values = jnp.concatenate([jnp.zeros((1, *shape)), jnp.cumsum(steps, axis=0)])
+    return SampledBrownianPath(float(nodes[0]), float(nodes[-1]), values, nodes)
+
+
+def family_brownian_path(
+    key: PRNGKeyArray, shape: Sequence[int], grid: str, sde: SDE, num_intervals: int
+) -> SampledBrownianPath:
+    """A path on the grid of `num_intervals` steps of the family `grid` from 1 down to
+    `T_MIN` (`time_grid`), which every grid of that family whose step count divides
+    `num_intervals` reads exactly; for `"uniform"`, `grid_brownian_path`."""
+    if grid == "uniform":
+        return grid_brownian_path(key, shape, num_intervals, T_MIN)
+    return brownian_path_on(key, shape, time_grid(grid, sde, num_intervals))

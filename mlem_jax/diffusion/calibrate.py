@@ -4,6 +4,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -14,6 +15,7 @@ from .._probabilities import optimal_probabilities
 from .._profile import VarianceProfile, variance_profile
 from .._schedule import step_times
 from .._sensitivity import error_sensitivity
+from .grids import time_grid
 from .sample import T_MIN, initial_noise, sample
 from .sde import ScoreDrift
 
@@ -27,12 +29,14 @@ def calibrate(
     num_steps: int = 64,
     repeats: int = 10,
     bins: int = 16,
+    grid: str = "uniform",
 ) -> dict:
     """Measure the levels on (t, X_t) pairs of real sampling runs.
 
     **Arguments:**
 
-    - `levels`: `ScoreDrift` levels, cheapest first.
+    - `levels`: `ScoreDrift` levels, cheapest first: the shipped UNets' or your own
+        networks' (`score_levels(models, kind, sde, prediction)`).
     - `key`: PRNG key of the sampling run (initial noise, Brownian increments).
     - `count`: images per batch (the levels act on the batch; the numbers reported are
         per image).
@@ -40,6 +44,8 @@ def calibrate(
     - `image_shape`: (C, H, W) of one image.
     - `repeats`: timing repeats per level.
     - `bins`: time bins of the profile v_l(t), log-spaced over [t_min, 1].
+    - `grid`: the run's time grid (`mlem_jax.diffusion.GRIDS`): `"uniform"` steps or a
+        grid of the levels' SDE that puts more steps near t = 0 (`time_grid`).
 
     **Returns:**
 
@@ -48,23 +54,27 @@ def calibrate(
     `gamma_seconds` (None with fewer than 3 levels: eps_K = 0 leaves too few points),
     `probabilities` optimal for the FLOPs costs with the largest level evaluated about
     twice per `num_steps` steps, `profile` (v_l(t) per image: `edges`, `variances`,
-    `counts`) and `sensitivity` (`times` t_(n+1), `gains` w_n of `error_sensitivity`).
+    `counts`), `sensitivity` (`times` t_(n+1), `gains` w_n of `error_sensitivity`) and
+    `grid`.
     Every statistic is taken at the steps' start points, where the drift is evaluated.
     """
     noise_key, path_key = jax.random.split(key)
-    x1 = initial_noise(noise_key, count, image_shape)
-    run = sample("em", levels, x1, num_steps, brownian=path_key, saveat="steps")
+    sde = levels[-1].sde
+    x1 = initial_noise(noise_key, count, image_shape, sde)
+    grid_ts = None if grid == "uniform" else time_grid(grid, sde, num_steps)
+    steps = num_steps if grid_ts is None else None
+    run = sample("em", levels, x1, steps, ts=grid_ts, brownian=path_key, saveat="steps")
     ts, ys = run.ts[:-1], run.ys[:-1]
     stats = level_statistics(levels, ts, ys)
     edges = np.geomspace(T_MIN, 1.0, bins + 1)
     profile = variance_profile(levels, ts, ys, bins=edges)
     sde_kind = levels[-1].kind == "sde"
+    span = (1.0, T_MIN, num_steps) if grid_ts is None else (None, None, None)
     _, gains = error_sensitivity(
         levels[-1],
         x1,
-        1.0,
-        T_MIN,
-        num_steps,
+        *span,
+        ts=grid_ts,
         diffusion=levels[-1].sde.diffusion if sde_kind else None,
         brownian=path_key if sde_kind else None,
     )
@@ -91,6 +101,7 @@ def calibrate(
             "counts": profile.counts.tolist(),
         },
         "sensitivity": {"times": np.asarray(run.ts[1:]).tolist(), "gains": gains.tolist()},
+        "grid": grid,
     }
 
 
@@ -116,31 +127,40 @@ def schedule_for(
     *,
     weighted: bool = False,
     t_min: float = T_MIN,
+    ts: Any = None,
 ) -> np.ndarray:
     """Optimal p_l(t_n), shape (num_steps, K): the measured v_l(t) (FLOPs costs, one
     global multiplier) with the largest level drawn about `top_level_evaluations` times
     in `num_steps` steps. `weighted` multiplies v_l(t_n) by the sensitivity w of the
     time the step's error lands at, t_(n+1): the final-time error is minimised instead
-    of the sum of the per-step errors."""
+    of the sum of the per-step errors. On a grid `ts` (then `num_steps` must be its
+    number of steps) the rows are also weighted by the squared step sizes."""
     profile = calibration["profile"]
     stored = VarianceProfile(
         np.asarray(profile["edges"]),
         np.asarray(profile["variances"]),
         np.asarray(profile["counts"]),
     )
-    ts = np.asarray(step_times(1.0, t_min, num_steps), dtype=np.float64)
-    variances = stored.at(ts)
+    if ts is None:
+        grid = np.append(np.asarray(step_times(1.0, t_min, num_steps), np.float64), t_min)
+    else:
+        grid = np.asarray(ts, dtype=np.float64)
+        if len(grid) != num_steps + 1:
+            raise ValueError(
+                f"`ts` must hold num_steps + 1 = {num_steps + 1} times, got {len(grid)}."
+            )
+    variances = stored.at(grid[:-1])
     if weighted:
         sensitivity = calibration["sensitivity"]
         times, gains = np.asarray(sensitivity["times"]), np.asarray(sensitivity["gains"])
         order = np.argsort(times)
-        landing = ts + (t_min - 1.0) / num_steps
-        variances = variances * np.interp(landing, times[order], gains[order])[:, None]
+        variances = variances * np.interp(grid[1:], times[order], gains[order])[:, None]
     return optimal_probabilities(
         calibration["flops"],
         variances,
         top_level_evaluations=top_level_evaluations,
         num_steps=num_steps,
+        step_sizes=None if ts is None else np.abs(np.diff(grid)),
     )
 
 

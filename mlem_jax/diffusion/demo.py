@@ -12,13 +12,15 @@ import numpy as np
 
 from .._calibrate import level_costs
 from .._timing import interleaved_median_seconds
-from .brownian import grid_brownian_path
+from .brownian import family_brownian_path
 from .calibrate import calibrate, probabilities_for, read_calibration, schedule_for
 from .figures import frontier_figure, sample_panels
+from .grids import DEFAULT_GRID, time_grid
 from .levels import CHECKPOINTS, load_levels
 from .metrics import strong_error
 from .runner import Setting, compile_sampler, run_setting
-from .sample import T_MIN, initial_noise, score_levels, stitch_switch
+from .sample import initial_noise, score_levels, stitch_switch
+from .sde import VPSDE
 
 
 def prepare(
@@ -55,14 +57,17 @@ def demo_settings(
     mlem_steps: int = 64,
     top_level_evaluations: float = 8.0,
     groups: int = 1,
+    grid: str = "uniform",
 ) -> list[Setting]:
     """EM with the largest UNet, ML-EM with all of them (the largest drawn about
     `top_level_evaluations` times) with constant p_l, with stratified draws and with
     p_l(t) on the sensitivity-weighted v_l(t), each in `groups` groups of the batch with
-    draws of their own, T-Stitch (half the time span on the second largest)."""
+    draws of their own, T-Stitch (half the time span on the second largest), all on the
+    time grid family `grid`."""
     m = top_level_evaluations
-    schedule = schedule_for(calibration, mlem_steps, m, weighted=True)
-    return [
+    ts = None if grid == "uniform" else time_grid(grid, VPSDE(), mlem_steps)
+    schedule = schedule_for(calibration, mlem_steps, m, weighted=True, ts=ts)
+    settings = [
         Setting("em", em_steps, label=f"EM, largest UNet, {em_steps} steps"),
         Setting(
             "mlem",
@@ -90,6 +95,7 @@ def demo_settings(
             "tstitch", em_steps, switch=stitch_switch(0.5), label=f"T-Stitch 50%, {em_steps} steps"
         ),
     ]
+    return [setting._replace(grid=grid) for setting in settings]
 
 
 def frontier_settings(
@@ -98,17 +104,20 @@ def frontier_settings(
     mlem_steps: int,
     budgets: Sequence[float],
     groups: int = 1,
+    grid: str = "uniform",
 ) -> dict[str, list[Setting]]:
     """EM at each of `em_steps`, ML-EM with `mlem_steps` steps and each budget m of
     top-level evaluations (constant p_l, random and stratified draws, in `groups`
-    groups)."""
+    groups), on the time grid family `grid`."""
 
     def mlem(m: float, draws: str) -> Setting:
         p = probabilities_for(calibration, mlem_steps, m, draws)
-        return Setting("mlem", mlem_steps, p, label=f"m={m:g}", draws=draws, groups=groups)
+        return Setting(
+            "mlem", mlem_steps, p, label=f"m={m:g}", draws=draws, groups=groups, grid=grid
+        )
 
     return {
-        "EM, largest UNet": [Setting("em", n, label=f"N={n}") for n in em_steps],
+        "EM, largest UNet": [Setting("em", n, label=f"N={n}", grid=grid) for n in em_steps],
         f"ML-EM, {mlem_steps} steps": [mlem(m, "random") for m in budgets],
         f"ML-EM stratified, {mlem_steps} steps": [mlem(m, "stratified") for m in budgets],
     }
@@ -128,6 +137,7 @@ def run_demo(
     out_dir: str | os.PathLike = ".",
     quick: bool = False,
     calibration: str | os.PathLike | None = None,
+    grid: str = DEFAULT_GRID,
 ) -> dict:
     """Sample with EM, ML-EM (constant p_l, stratified draws, p_l(t)) and T-Stitch from
     the same noise and Brownian path, and with EM and ML-EM at several costs; print
@@ -144,6 +154,7 @@ def run_demo(
     - `out_dir`: where the PNGs go.
     - `quick`: fewer and shorter runs (4 to 16 steps), for a smoke test.
     - `calibration`: the calibration file (default `<directory>/calibration.json`).
+    - `grid`: the time grid family of every run (`mlem_jax.diffusion.GRIDS`).
 
     **Returns:**
 
@@ -155,7 +166,7 @@ def run_demo(
     levels, image_shape, measured = prepare(directory, "sde", seed, calibration)
     noise_key, path_key, draw_key = jax.random.split(jax.random.key(seed), 3)
     x1 = initial_noise(noise_key, count, image_shape)
-    path = grid_brownian_path(path_key, x1.shape, reference_steps, T_MIN)
+    path = family_brownian_path(path_key, x1.shape, grid, VPSDE(), reference_steps)
     flops, cache, outcomes = measured["flops"], {}, {}
 
     def run(setting: Setting) -> tuple[dict, np.ndarray]:
@@ -174,15 +185,18 @@ def run_demo(
             outcome.samples,
         )
 
-    reference = run_setting(Setting("em", reference_steps), levels, x1, path, None, flops, cache)
+    reference = run_setting(
+        Setting("em", reference_steps, grid=grid), levels, x1, path, None, flops, cache
+    )
     runs = [
-        run(setting) for setting in demo_settings(measured, em_steps, mlem_steps, m, groups=count)
+        run(setting)
+        for setting in demo_settings(measured, em_steps, mlem_steps, m, groups=count, grid=grid)
     ]
     rows = [row for row, _ in runs]
     frontier = {
         name: [run(setting)[0] for setting in settings]
         for name, settings in frontier_settings(
-            measured, frontier_steps, mlem_steps, budgets, groups=count
+            measured, frontier_steps, mlem_steps, budgets, groups=count, grid=grid
         ).items()
     }
 
@@ -225,10 +239,11 @@ def run_demo(
         out_dir / "demo_frontier.png",
         curves,
         title=f"{count} images from the same noise and Brownian path; strong error against "
-        f"EM with {reference_steps} steps",
+        f"EM with {reference_steps} steps ({grid} grid)",
     )
     print(
-        f"reference: EM, largest UNet, {reference_steps} steps; {count} images, ML-EM's "
+        f"reference: EM, largest UNet, {reference_steps} steps ({grid} grid); {count} "
+        "images, ML-EM's "
         "level draws their own; "
         f"gamma = {measured['gamma'] or float('nan'):.2f}; wrote {samples} and "
         f"{figure}; {time.perf_counter() - start:.0f} s in all"

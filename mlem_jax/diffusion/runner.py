@@ -13,7 +13,8 @@ from jaxtyping import Array, PRNGKeyArray
 from .._family import LevelFamily
 from .._levels import needed_levels
 from .._solve import Solution
-from .sample import T_MIN, method_cost, sample
+from .grids import time_grid
+from .sample import T_MIN, level_process, method_cost, sample
 from .sde import Drift
 
 
@@ -26,6 +27,8 @@ class Setting(NamedTuple):
         `groups`: ML-EM's groups of the batch with draws of their own (see `sample`);
         `switch`, `small`: T-Stitch's hand-over.
     - `label`: a short description for tables.
+    - `grid`: the time grid's family (`mlem_jax.diffusion.GRIDS`): `"uniform"` (equal
+        steps, the default), `"edm"` or `"logsnr"` (`time_grid` for the levels' SDE).
     """
 
     method: str
@@ -36,6 +39,7 @@ class Setting(NamedTuple):
     label: str = ""
     draws: str = "random"
     groups: int = 1
+    grid: str = "uniform"
 
 
 class Outcome(NamedTuple):
@@ -45,6 +49,14 @@ class Outcome(NamedTuple):
     flops: float
     seconds: float
     evaluations: np.ndarray
+
+
+def setting_grid(setting: Setting, levels: Sequence[Drift] | LevelFamily) -> np.ndarray | None:
+    """The grid `ts` of `setting` for these levels' SDE; None for equal steps (then
+    `sample` takes `setting.num_steps`)."""
+    if setting.grid == "uniform":
+        return None
+    return time_grid(setting.grid, level_process(levels).sde, setting.num_steps)
 
 
 Sampler = Callable[
@@ -69,6 +81,7 @@ def compile_sampler(
     mlem = setting.method == "mlem"
     needed = np.array(needed_levels(setting.probabilities) if mlem else range(len(levels)))
     family = isinstance(levels, LevelFamily)  # one pass per step: nothing to leave out
+    ts = setting_grid(setting, levels)
     dynamic, static = eqx.partition(_as_tree(levels), eqx.is_array)
 
     def run(dynamic, x1, brownian, key, probabilities):
@@ -79,7 +92,8 @@ def compile_sampler(
             setting.method,
             levels,
             x1,
-            setting.num_steps,
+            setting.num_steps if ts is None else None,
+            ts=ts,
             key=key,
             brownian=brownian,
             probabilities=probabilities,
@@ -152,6 +166,7 @@ def run_setting(
     signature = (
         setting.method,
         setting.num_steps,
+        setting.grid,
         setting.draws,
         setting.groups,
         setting.switch,
@@ -182,5 +197,6 @@ def run_setting(
         setting.small,
         T_MIN,
         shared=isinstance(levels, LevelFamily),
+        ts=setting_grid(setting, levels),
     )
     return Outcome(np.asarray(solution.ys), cost, seconds, np.asarray(solution.evaluations))

@@ -9,26 +9,45 @@ from jaxtyping import Array, PRNGKeyArray
 
 from .._family import FamilyLevel, LevelFamily, marginal_costs
 from .._solve import Solution, solve
-from .sde import VPSDE, Drift, ScoreDrift, StitchedDrift
-from .unet import UNet
+from .sde import SDE, T_MIN, VPSDE, Drift, NoisePredictor, ScoreDrift, StitchedDrift
 
 
-T_MIN = 1e-3
 METHODS = ("em", "mlem", "tstitch")
 
 
 def score_levels(
-    models: Sequence[UNet], kind: str = "sde", sde: VPSDE = VPSDE()
+    models: Sequence[NoisePredictor],
+    kind: str = "sde",
+    sde: SDE = VPSDE(),
+    prediction: str = "noise",
 ) -> list[ScoreDrift]:
-    """One reverse-drift level per UNet, cheapest first."""
-    return [ScoreDrift(model, sde, kind) for model in models]
+    """One reverse-drift level per network `model(t, x)` of one sample, cheapest first:
+    the shipped UNets, or your own noise-, score- or x0-prediction networks (see
+    `ScoreDrift`).
+
+    **Arguments:**
+
+    - `models`: the networks, cheapest first, each returning an array of x's shape.
+    - `kind`: `"sde"` (reverse-time SDE) or `"ode"` (probability-flow ODE).
+    - `sde`: the forward SDE the networks were trained for (`VPSDE` or `VESDE`).
+    - `prediction`: what every network returns: `"noise"`, `"score"` or `"x0"`.
+
+    **Returns:**
+
+    A list of `ScoreDrift` levels for `sample`, `solve` and `calibrate`.
+    """
+    return [ScoreDrift(model, sde, kind, prediction) for model in models]
 
 
-def initial_noise(key: PRNGKeyArray, count: int, image_shape: Sequence[int]) -> Array:
-    """X_1 ~ N(0, I): the start of the reverse process, shape (count, *image_shape)."""
+def initial_noise(
+    key: PRNGKeyArray, count: int, image_shape: Sequence[int], sde: SDE | None = None
+) -> Array:
+    """X_1 ~ N(0, s^2 I), the start of the reverse process, shape (count, *image_shape):
+    s = 1 (the VP-SDE), or `sde.prior_std` (e.g. sigma_max for a VE-SDE)."""
     if count < 1:
         raise ValueError(f"`count` must be >= 1, got {count}.")
-    return jax.random.normal(key, (count, *image_shape))
+    noise = jax.random.normal(key, (count, *image_shape))
+    return noise if sde is None else sde.prior_std * noise
 
 
 def stitch_switch(fraction: float, t_min: float = T_MIN) -> float:
@@ -39,14 +58,21 @@ def stitch_switch(fraction: float, t_min: float = T_MIN) -> float:
     return 1.0 - fraction * (1.0 - t_min)
 
 
-def stitch_evaluations(num_steps: int, switch: float, t_min: float = T_MIN) -> np.ndarray:
-    """How many steps of T-Stitch use the small and the large model, shape (2,)."""
-    times = 1.0 + np.arange(num_steps) * ((t_min - 1.0) / num_steps)
+def stitch_evaluations(
+    num_steps: int, switch: float, t_min: float = T_MIN, ts: Any = None
+) -> np.ndarray:
+    """How many steps of T-Stitch use the small and the large model, shape (2,), on
+    `num_steps` equal steps from 1 to `t_min` or on the grid `ts`."""
+    if ts is None:
+        times = 1.0 + np.arange(num_steps) * ((t_min - 1.0) / num_steps)
+    else:
+        times = np.asarray(ts, dtype=np.float64)[:-1]
+        num_steps = len(times)
     small = int(np.sum(times > switch))
     return np.array([small, num_steps - small])
 
 
-def _process(levels: Sequence[Drift] | LevelFamily) -> Any:
+def level_process(levels: Sequence[Drift] | LevelFamily) -> Any:
     """What carries the levels' `kind` and `sde`: the family, or the top level (the
     family of a `FamilyLevel`)."""
     if isinstance(levels, LevelFamily):
@@ -59,8 +85,9 @@ def sample(
     method: str,
     levels: Sequence[Drift] | LevelFamily,
     x1: Array,
-    num_steps: int,
+    num_steps: int | None = None,
     *,
+    ts: Any = None,
     key: PRNGKeyArray | None = None,
     brownian: Any = None,
     probabilities: Any = None,
@@ -84,11 +111,15 @@ def sample(
         whose ML-EM steps run one pass each. For `"sde"` levels the reverse SDE is
         sampled and `brownian` is required; for `"ode"` it is ignored.
     - `x1`: the initial noise, a batch (B, C, H, W) of images or (B, d) of latents.
-    - `num_steps`: number of equal steps.
+    - The time grid, one of:
+        - `num_steps`: that many equal steps from t = 1 to `t_min`;
+        - `ts=`: any decreasing grid from 1 (or below) to `t_min`, e.g.
+          `time_grid("edm", sde, N)`, which puts most steps near t = 0 where the levels
+          change fastest.
     - `key`: PRNG key of the ML-EM level draws (unused by the other methods).
     - `brownian`: a PRNG key or a diffrax Brownian path of the shape of `x1`.
-    - `probabilities`: p_1..p_K for `"mlem"`, or a schedule (`num_steps`, K) (see
-        `mlem_jax.diffusion.calibrate.schedule_for`).
+    - `probabilities`: p_1..p_K for `"mlem"`, or a schedule (N, K), one row per step of
+        the grid (see `mlem_jax.diffusion.calibrate.schedule_for`).
     - `draws`: ML-EM's level draws, `"random"` or `"stratified"` (see
         `mlem_jax.draw_levels`).
     - `groups`: ML-EM: G groups of the batch (a divisor of its size) with level draws
@@ -96,7 +127,8 @@ def sample(
         all its samples carry the same randomisation error and statistics over the
         batch (a mean, an FD) do not average it out; `len(x1)`: every sample its own.
     - `switch`, `small`: the T-Stitch switch time and the index of its small level.
-    - `t_min`: the final time.
+    - `t_min`: the final time of `num_steps` equal steps (a grid `ts` ends where it
+        ends).
     - `saveat`: passed to `solve`.
     - `throw`: stop at the first non-finite state with an error naming the step, its
         time and the levels evaluated there (`solve(..., throw=True)`); on by default.
@@ -124,18 +156,23 @@ def sample(
         probabilities = None
     else:
         chosen, probabilities = [levels[-1]], None
-    process = _process(levels)
+    process = level_process(levels)
     sde_kind = process.kind == "sde"
     if sde_kind and brownian is None:
         raise ValueError(
             "`brownian` (a PRNG key or a Brownian path) is required for reverse-SDE levels."
         )
+    if (num_steps is None) == (ts is None):
+        raise ValueError(
+            "Pass the time grid as `num_steps` (equal steps from 1 to `t_min`) or as `ts=`, "
+            f"exactly one; got num_steps={num_steps!r} and ts={'None' if ts is None else 'a grid'}."
+        )
+    grid = (1.0, t_min, num_steps) if ts is None else (None, None, None)
     return solve(
         chosen,
         x1,
-        1.0,
-        t_min,
-        num_steps,
+        *grid,
+        ts=ts,
         probabilities=probabilities,
         key=key if method == "mlem" else None,
         draws=draws,
@@ -156,12 +193,14 @@ def method_cost(
     small: int = -2,
     t_min: float = T_MIN,
     shared: bool = False,
+    ts: Any = None,
 ) -> float:
     """Cost of one run: evaluations @ costs (ML-EM), N c_K (EM), or the T-Stitch split.
 
     **Arguments:**
 
-    - `method`, `num_steps`, `switch`, `small`, `t_min`: as in `sample`.
+    - `method`, `num_steps`, `switch`, `small`, `t_min`, `ts`: as in `sample` (with a
+        grid `ts`, `num_steps` is its number of steps).
     - `evaluations`: `Solution.evaluations` of the run.
     - `level_costs`: cost of one evaluation of each level (FLOPs or seconds), (K,).
     - `shared`: the levels are a `LevelFamily`, `level_costs` the cumulative cost of a
@@ -177,6 +216,6 @@ def method_cost(
     if method == "tstitch":
         if switch is None:
             raise ValueError("`switch` is required for method 'tstitch'.")
-        counts = stitch_evaluations(num_steps, switch, t_min)
+        counts = stitch_evaluations(num_steps, switch, t_min, ts)
         return float(counts @ costs[[small, -1]])
-    return float(num_steps * costs[-1])
+    return float((num_steps if ts is None else len(ts) - 1) * costs[-1])
