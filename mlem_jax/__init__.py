@@ -24,7 +24,7 @@ from ._prediction import (
 from ._probabilities import correction_costs, optimal_probabilities
 from ._profile import VarianceProfile, variance_profile
 from ._sampled_path import SampledBrownianPath, sample_brownian_path
-from ._schedule import step_times
+from ._schedule import Probabilities, checked_probabilities, step_times
 from ._sensitivity import error_sensitivity
 from ._sharding import batch_mesh, batch_sharding, shard_batch
 from ._solve import Solution, solve
@@ -47,6 +47,7 @@ __all__ = [
     "MLEMSolverState",
     "MLEMState",
     "MultilevelTerm",
+    "Probabilities",
     "RandomFeatureDrift",
     "SampledBrownianPath",
     "Solution",
@@ -56,6 +57,7 @@ __all__ = [
     "batch_mesh",
     "batch_sharding",
     "build_step",
+    "checked_probabilities",
     "correction_costs",
     "cost_to_reach",
     "diagonal_noise",

@@ -78,6 +78,11 @@ def checked_probabilities(
         callable is kept and checked at run time.
     - `needed`: the levels to evaluate, when the values are traced and the caller knows
         them (`needed_levels` of the concrete values); checked to include the top level.
+
+    **Returns:**
+
+    A `Probabilities`, which `solve`, `build_step` and `MultilevelTerm` take without
+    checking it again.
     """
     if isinstance(probabilities, Probabilities):
         _check_matches(probabilities, num_levels, coupling, ts)

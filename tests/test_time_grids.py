@@ -274,3 +274,34 @@ def test_optimal_probabilities_weight_steps_by_their_size_squared():
         mlem_jax.optimal_probabilities(
             [1.0, 4.0, 16.0], v, top_level_evaluations=2.0, num_steps=8, step_sizes=h[:-1]
         )
+
+
+def test_probabilities_are_checked_once_per_solve(monkeypatch):
+    import mlem_jax._schedule as schedule
+
+    calls = []
+    original = schedule.check_probabilities
+
+    def counted(*args, **kwargs):
+        calls.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(schedule, "check_probabilities", counted)
+    table = np.tile([1.0, 0.5, 0.25], (12, 1))
+    levels = linear_levels([1.0, 1.1, 1.2])
+    mlem_jax.solve(
+        levels, jnp.ones(2), ts=squared_grid(12), probabilities=table, key=jax.random.key(0)
+    )
+    assert len(calls) == 1
+    # The diffrax solver: once, when the term is built; its steps take the value as is.
+    term = mlem_jax.MultilevelTerm(levels, table)
+    diffrax.diffeqsolve(
+        term,
+        mlem_jax.MLEM(jax.random.key(0)),
+        0.0,
+        1.0,
+        None,
+        jnp.ones(2),
+        stepsize_controller=diffrax.StepTo(ts=jnp.asarray(squared_grid(12))),
+    )
+    assert len(calls) == 2
