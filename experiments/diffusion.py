@@ -14,7 +14,8 @@ log c_l against log 1/eps_l (eps_l measured against the largest UNet, so 3 point
 
 **Strong error.** RMS over a batch of images of ||X_tmin - X_tmin^ref||, X^ref from EM
 with the largest UNet and `reference_steps` steps, with the same initial noise and the
-same Brownian path (W on the reference grid, `mlem_jax.SampledBrownianPath`). ML-EM's draws are
+same Brownian path (W on a grid that every run's step count divides,
+`mlem_jax.SampledBrownianPath`). ML-EM's draws are
 shared by the batch; its error is averaged over `draw_seeds` draw sequences. (The FD of
 the operating points, below, gives every sample a draw sequence of its own.)
 
@@ -515,17 +516,18 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     x1 = initial_noise(jax.random.key(2), config["images"], shape)
-    path = (
-        grid_brownian_path(jax.random.key(3), x1.shape, config["reference_steps"], T_MIN)
-        if a.kind == "sde"
-        else None
+    every = settings(config, calibration)
+    # One path whose nodes hold every run's grid: its intervals a multiple of every N.
+    fine = math.lcm(
+        config["reference_steps"], *(s.num_steps for runs in every.values() for s in runs)
     )
+    path = grid_brownian_path(jax.random.key(3), x1.shape, fine, T_MIN) if a.kind == "sde" else None
     cache: dict = {}
     reference = run_setting(
         Setting("em", config["reference_steps"]), levels, x1, path, None, flops, cache
     ).samples
     points, by_label = [], {}
-    for family, family_settings in settings(config, calibration).items():
+    for family, family_settings in every.items():
         for setting in family_settings:
             by_label[setting.label] = setting
             points.append(

@@ -1,6 +1,7 @@
 """The testbed demo: EM and ML-EM on the shipped ladder of the exact-score testbed, from
 the same noise and Brownian path, against the exact-score solution; digit grids."""
 
+import math
 import os
 import time
 from pathlib import Path
@@ -66,12 +67,15 @@ def run_testbed_demo(
     flops = manifest["calibration"]["flops"]
     noise_key, path_key, draw_key = jax.random.split(jax.random.key(seed), 3)
     x1 = jax.random.normal(noise_key, (count, mixture.dim))
-    brownian = grid_brownian_path(path_key, x1.shape, reference_steps, T_MIN)
+    settings = demo_settings(manifest["operating"])
+    # One path whose nodes hold every run's grid: a multiple of every step count.
+    intervals = math.lcm(reference_steps, *(setting.num_steps for setting, _ in settings))
+    brownian = grid_brownian_path(path_key, x1.shape, intervals, T_MIN)
     exact_setting = Setting("em", reference_steps)
     exact_run = compile_sampler(exact_setting, [ExactDrift(mixture)], x1, brownian)
     truth = exact_run([ExactDrift(mixture)], x1, brownian, draw_key, None).ys
     rows, calls, grids = [], [], [np.asarray(truth)]
-    for setting, chosen in demo_settings(manifest["operating"]):
+    for setting, chosen in settings:
         levels = family if chosen is None else [family[i] for i in chosen]
         costs = flops if chosen is None else [flops[i] for i in chosen]
         p = None if setting.probabilities is None else jnp.asarray(setting.probabilities)
