@@ -114,8 +114,7 @@ def sample(
     - The time grid, one of:
         - `num_steps`: that many equal steps from t = 1 to `t_min`;
         - `ts=`: any decreasing grid from 1 (or below) to `t_min`, e.g.
-          `time_grid("edm", sde, N)`, which puts most steps near t = 0 where the levels
-          change fastest.
+          `time_grid("logsnr", sde, N)`, which takes small steps near t = 0.
     - `key`: PRNG key of the ML-EM level draws (unused by the other methods).
     - `brownian`: a PRNG key or a diffrax Brownian path of the shape of `x1`.
     - `probabilities`: p_1..p_K for `"mlem"`, or a schedule (N, K), one row per step of
