@@ -155,7 +155,13 @@ def wallclock(chosen: dict, by_label: dict, levels, x1, path, rounds: int, cache
     for _ in range(rounds):
         for name, point in chosen.items():
             run = run_setting(
-                by_label[point["label"]], levels, x1, path, jax.random.key(7), [0.0] * 4, cache
+                by_label[point["label"]],
+                levels,
+                x1,
+                path,
+                jax.random.key(7),
+                [0.0] * len(levels),
+                cache,
             )
             seconds[name].append(run.seconds / len(x1))
     return {name: float(np.mean(s)) for name, s in seconds.items()}
@@ -236,10 +242,7 @@ def table(result: dict) -> str:
         ]
         for grid, run in by_grid.items():
             errors = " | ".join(f"{p['error']:.2f}" for p in run["points"]["em"])
-            em = next(
-                p for p in run["points"]["em"] if p["steps"] == result["config"]["operating_steps"]
-            )
-            errors += f" | {em['common_error']:.2f}"
+            errors += f" | {run['operating']['em']['common_error']:.2f}"
             best = max(("p3", "pt"), key=lambda family: run["speedups"][family]["flops"] or 0.0)
             speedup = run["speedups"][best]
             point = run["operating"][best]

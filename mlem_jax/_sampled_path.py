@@ -99,15 +99,15 @@ class SampledBrownianPath(diffrax.AbstractBrownianPath):
         del left
         if use_levy:
             raise ValueError("SampledBrownianPath stores increments only, no Levy area.")
-        times = jnp.stack([t0, t0 if t1 is None else t1])
-        times = eqx.error_if(
-            times,
-            jnp.any(self.off_nodes(times)),
+        index, on_node = jax.vmap(self.node_index)(jnp.stack([t0, t0 if t1 is None else t1]))
+        index = eqx.error_if(
+            index,
+            ~jnp.all(on_node),
             "SampledBrownianPath: a time between its nodes was asked for; it stores W at "
             "its nodes only. Use step grids whose points are nodes of the path.",
         )
-        value = self.values[self.node_index(times[0])[0]]
-        return value if t1 is None else self.values[self.node_index(times[1])[0]] - value
+        value = self.values[index[0]]
+        return value if t1 is None else self.values[index[1]] - value
 
 
 def sample_brownian_path(

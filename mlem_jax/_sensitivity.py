@@ -93,7 +93,5 @@ def error_sensitivity(
             "`diffusion` and `brownian` go together: pass both for an SDE or neither for an ODE."
         )
     key = jax.random.key(0) if key is None else key
-    if brownian is not None:
-        grid = on_path_nodes(brownian, grid)
-    gains = _gains(drift, diffusion, brownian, y0, grid, args, key)
+    gains = _gains(drift, diffusion, brownian, y0, on_path_nodes(brownian, grid), args, key)
     return np.asarray(grid[:-1]), np.asarray(gains, dtype=np.float64)

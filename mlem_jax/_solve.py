@@ -271,8 +271,7 @@ def solve(
             raise ValueError(
                 f"`costs` must have shape ({len(levels)},), one per level, got {costs.shape}."
             )
-    if brownian is not None:
-        grid = on_path_nodes(brownian, grid)
+    grid = on_path_nodes(brownian, grid)
     ys, times, evaluations = _scan(
         levels,
         probabilities,

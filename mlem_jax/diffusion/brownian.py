@@ -10,11 +10,21 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import PRNGKeyArray
+from jaxtyping import Array, PRNGKeyArray
 
 from .._sampled_path import SampledBrownianPath
 from .grids import time_grid
 from .sde import SDE, T_MIN
+
+
+def _brownian_values(
+    key: PRNGKeyArray, shape: Sequence[int], num_intervals: int, scales: Any
+) -> Array:
+    """W at the nodes, 0 at the first: the cumulative sum of `num_intervals` standard
+    normal increments of `shape`, each times its interval's sqrt(length) (`scales`, one
+    for all or one per interval)."""
+    steps = scales * jax.random.normal(key, (num_intervals, *shape))
+    return jnp.concatenate([jnp.zeros((1, *shape)), jnp.cumsum(steps, axis=0)])
 
 
 def grid_brownian_path(
@@ -37,9 +47,7 @@ def grid_brownian_path(
         raise ValueError(
             f"need num_intervals >= 1 and t0 < t1, got {num_intervals}, t0={t0}, t1={t1}."
         )
-    scale = jnp.sqrt((t1 - t0) / num_intervals)
-    steps = scale * jax.random.normal(key, (num_intervals, *shape))
-    values = jnp.concatenate([jnp.zeros((1, *shape)), jnp.cumsum(steps, axis=0)])
+    values = _brownian_values(key, shape, num_intervals, jnp.sqrt((t1 - t0) / num_intervals))
     return SampledBrownianPath(float(t0), float(t1), values)
 
 
@@ -65,9 +73,8 @@ def brownian_path_on(key: PRNGKeyArray, shape: Sequence[int], times: Any) -> Sam
             f"`times` must be at least two distinct times, got shape {np.shape(times)}."
         )
     nodes = jnp.asarray(nodes)
-    scale = jnp.sqrt(jnp.diff(nodes)).reshape(-1, *(1,) * len(shape))
-    steps = scale * jax.random.normal(key, (len(nodes) - 1, *shape))
-    values = jnp.concatenate([jnp.zeros((1, *shape)), jnp.cumsum(steps, axis=0)])
+    scales = jnp.sqrt(jnp.diff(nodes)).reshape(-1, *(1,) * len(shape))
+    values = _brownian_values(key, shape, len(nodes) - 1, scales)
     return SampledBrownianPath(float(nodes[0]), float(nodes[-1]), values, nodes)
 
 
