@@ -170,7 +170,7 @@ def build_step(
         if groups > 1:
             check_group_sizes(state.y, groups)
         p = probabilities.row(state.step, t)
-        if p is None:
+        if p is None or len(levels) == 1:  # one level: p_1 = 1, nothing to draw
             drift = levels[-1](t, state.y, args)
             drawn = evaluated = jnp.ones(1, bool)
         else:

@@ -107,3 +107,10 @@ def test_build_step_validates_too():
         mlem_jax.build_step(linear_levels([1.0]), draws="other")
     with pytest.raises(ValueError, match="`probabilities`"):
         mlem_jax.build_step(linear_levels([1.0, 2.0]), [1.0, 2.0])
+
+
+def test_one_level_needs_no_key_even_with_its_probability():
+    """With one level p_1 = 1 draws nothing: `probabilities=(1.0,)` and no `key` is EM."""
+    level = linear_levels([1.3])
+    with_p = mlem_jax.solve(level, Y0, 0.0, 1.0, 10, probabilities=(1.0,))
+    np.testing.assert_array_equal(with_p.ys, mlem_jax.solve(level, Y0, 0.0, 1.0, 10).ys)
