@@ -11,17 +11,18 @@ import numpy as np
 from jaxtyping import PRNGKeyArray
 
 from .._calibrate import fit_gamma, level_costs, level_statistics
+from .._family import LevelFamily
 from .._probabilities import optimal_probabilities
 from .._profile import VarianceProfile, variance_profile
 from .._schedule import step_times
 from .._sensitivity import error_sensitivity
 from .grids import time_grid
-from .sample import T_MIN, initial_noise, sample
+from .sample import T_MIN, initial_noise, level_process, sample
 from .sde import ScoreDrift
 
 
 def calibrate(
-    levels: Sequence[ScoreDrift],
+    levels: Sequence[ScoreDrift] | LevelFamily,
     key: PRNGKeyArray,
     image_shape: Sequence[int],
     *,
@@ -36,7 +37,8 @@ def calibrate(
     **Arguments:**
 
     - `levels`: `ScoreDrift` levels, cheapest first: the shipped UNets' or your own
-        networks' (`score_levels(models, kind, sde, prediction)`).
+        networks' (`score_levels(models, kind, sde, prediction)`); or a `LevelFamily`
+        with `sde` and `kind` (a `CascadeFamily`), whose level costs are cumulative.
     - `key`: PRNG key of the sampling run (initial noise, Brownian increments).
     - `count`: images per batch (the levels act on the batch; the numbers reported are
         per image).
@@ -55,11 +57,13 @@ def calibrate(
     `probabilities` optimal for the FLOPs costs with the largest level evaluated about
     twice per `num_steps` steps, `profile` (v_l(t) per image: `edges`, `variances`,
     `counts`), `sensitivity` (`times` t_(n+1), `gains` w_n of `error_sensitivity`) and
-    `grid`.
+    `grid`, and `shared` (whether `levels` is a `LevelFamily`: `probabilities_for` and
+    `schedule_for` then use the costs as cumulative).
     Every statistic is taken at the steps' start points, where the drift is evaluated.
     """
     noise_key, path_key = jax.random.split(key)
-    sde = levels[-1].sde
+    process, shared = level_process(levels), isinstance(levels, LevelFamily)
+    sde = process.sde
     x1 = initial_noise(noise_key, count, image_shape, sde)
     grid_ts = None if grid == "uniform" else time_grid(grid, sde, num_steps)
     steps = num_steps if grid_ts is None else None
@@ -68,26 +72,26 @@ def calibrate(
     stats = level_statistics(levels, ts, ys)
     edges = np.geomspace(T_MIN, 1.0, bins + 1)
     profile = variance_profile(levels, ts, ys, bins=edges)
-    sde_kind = levels[-1].kind == "sde"
+    sde_kind = process.kind == "sde"
     span = (1.0, T_MIN, num_steps) if grid_ts is None else (None, None, None)
     _, gains = error_sensitivity(
         levels[-1],
         x1,
         *span,
         ts=grid_ts,
-        diffusion=levels[-1].sde.diffusion if sde_kind else None,
+        diffusion=sde.diffusion if sde_kind else None,
         brownian=path_key if sde_kind else None,
     )
     costs = level_costs(levels, run.ts[0], x1, repeats=repeats)
     flops, seconds = costs.flops / count, costs.seconds / count
     variances, errors = stats.variances / count, stats.errors / np.sqrt(count)
     probabilities = optimal_probabilities(
-        flops, variances, top_level_evaluations=2.0, num_steps=num_steps
+        flops, variances, top_level_evaluations=2.0, num_steps=num_steps, shared=shared
     )
     return {
         "points": int(len(ts)),
         "images": count,
-        "kind": levels[-1].kind,
+        "kind": process.kind,
         "variances": variances.tolist(),
         "errors": errors.tolist(),
         "flops": flops.tolist(),
@@ -102,6 +106,7 @@ def calibrate(
         },
         "sensitivity": {"times": np.asarray(run.ts[1:]).tolist(), "gains": gains.tolist()},
         "grid": grid,
+        "shared": shared,
     }
 
 
@@ -116,6 +121,7 @@ def probabilities_for(
         top_level_evaluations=top_level_evaluations,
         num_steps=num_steps,
         draws=draws,
+        shared=calibration.get("shared", False),
     )
     return tuple(float(x) for x in p)
 
@@ -161,6 +167,7 @@ def schedule_for(
         top_level_evaluations=top_level_evaluations,
         num_steps=num_steps,
         step_sizes=None if ts is None else np.abs(np.diff(grid)),
+        shared=calibration.get("shared", False),
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import equinox as eqx
 import jax
 
+from .cascade import CascadeUNet
 from .classifier import Classifier
 from .latent_models import ResidualMLP
 from .sde import VPSDE
@@ -24,7 +25,7 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupted, or of another architecture."""
 
 
-Model = UNet | Classifier | ResidualMLP
+Model = UNet | CascadeUNet | Classifier | ResidualMLP
 
 
 def architecture(model: Model) -> dict:
@@ -33,6 +34,14 @@ def architecture(model: Model) -> dict:
         return {
             "model": "UNet",
             "width": model.width,
+            "multipliers": list(model.multipliers),
+            "channels": model.channels,
+            **({"extra_channels": model.extra_channels} if model.extra_channels else {}),
+        }
+    if isinstance(model, CascadeUNet):
+        return {
+            "model": "CascadeUNet",
+            "widths": list(model.widths),
             "multipliers": list(model.multipliers),
             "channels": model.channels,
         }
@@ -55,7 +64,8 @@ def architecture(model: Model) -> dict:
             "beta": [model.sde.beta_min, model.sde.beta_max],
         }
     raise TypeError(
-        f"`model` must be a UNet, a Classifier or a ResidualMLP, got {type(model).__name__}."
+        "`model` must be a UNet, a CascadeUNet, a Classifier or a ResidualMLP, got "
+        f"{type(model).__name__}."
     )
 
 
@@ -66,7 +76,20 @@ def _skeleton(stored: dict) -> Model:
     try:
         if stored.get("model") == "UNet":
             return eqx.filter_eval_shape(
-                UNet, stored["width"], tuple(stored["multipliers"]), stored["channels"], key=key
+                UNet,
+                stored["width"],
+                tuple(stored["multipliers"]),
+                stored["channels"],
+                key=key,
+                extra_channels=stored.get("extra_channels", 0),
+            )
+        if stored.get("model") == "CascadeUNet":
+            return eqx.filter_eval_shape(
+                CascadeUNet,
+                tuple(stored["widths"]),
+                tuple(stored["multipliers"]),
+                stored["channels"],
+                key=key,
             )
         if stored.get("model") == "Classifier":
             return eqx.filter_eval_shape(

@@ -121,6 +121,34 @@ class ImageObjective(NamedTuple):
         return distillation_loss(model, teacher, self.sde, batch, key)
 
 
+class ExitsObjective(NamedTuple):
+    """The joint loss of a network with early exits (a `CascadeUNet`) on a batch of
+    images: the mean over exits of each exit's denoising score matching loss
+    (`dsm_loss`'s E ||eps_j(x_t, t) - z||^2 per pixel), or with a teacher of each exit's
+    squared distance to the teacher's prediction, on the same noised images.
+
+    - `consistency`: weight of sum_j E ||eps_j - eps_(j+1)||^2 per pixel over
+        neighbouring exits (the next exit not differentiated): the level differences
+        v_l of ML-EM, in noise units. 0 leaves them to the fit of each exit.
+    """
+
+    sde: VPSDE
+    consistency: float = 0.0
+
+    def __call__(self, model: Any, teacher: Any, batch: Array, key: PRNGKeyArray) -> Array:
+        t, xt, z = _noised(self.sde, batch, key)
+        exits = jax.vmap(lambda s, x: model.exits(s, x, model.num_exits))(t, xt)
+        target = z if teacher is None else jax.lax.stop_gradient(jax.vmap(teacher)(t, xt))
+        loss = sum(jnp.mean(jnp.square(eps - target)) for eps in exits) / len(exits)
+        if self.consistency:
+            gaps = [
+                jnp.mean(jnp.square(lower - jax.lax.stop_gradient(upper)))
+                for lower, upper in zip(exits, exits[1:])
+            ]
+            loss = loss + self.consistency * sum(gaps)
+        return jnp.asarray(loss)
+
+
 @functools.cache
 def build_train_step(config: TrainConfig, objective: Callable) -> Callable:
     """`step(state, data, key, teacher) -> state`: one Adam step per model, on the same
@@ -174,6 +202,7 @@ def train(
     *,
     sde: VPSDE = VPSDE(),
     teacher: UNet | None = None,
+    objective: Callable | None = None,
     state_path: str | os.PathLike | None = None,
     save_every: int = 250,
     on_save: Callable[[TrainState], None] | None = None,
@@ -191,6 +220,8 @@ def train(
     - `sde`: the forward process.
     - `teacher`: None for denoising score matching (`dsm_loss`); a trained UNet to make
         every model imitate it (`distillation_loss`).
+    - `objective`: another loss `objective(model, teacher, images, key)`, hashable
+        (e.g. `ExitsObjective` for a `CascadeUNet`); default `ImageObjective(sde)`.
     - `state_path`: file of the full training state; if it exists the run resumes from
         it, and it is rewritten every `save_every` steps and at the end.
     - `on_save`: called with the state whenever it is saved (e.g. to write checkpoints).
@@ -206,7 +237,7 @@ def train(
         models,
         lambda n: jnp.asarray(_batch(images, config, n)),
         config,
-        ImageObjective(sde),
+        ImageObjective(sde) if objective is None else objective,
         teacher=teacher,
         state_path=state_path,
         save_every=save_every,

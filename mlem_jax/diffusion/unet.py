@@ -97,11 +97,15 @@ class UNet(eqx.Module):
         W must be divisible by 2^(len - 1).
     - `channels`: image channels.
     - `key`: PRNG key of the initial weights.
+    - `extra_channels`: channels of a feature map given beside the image (see
+        `features`; `mlem_jax.diffusion.CascadeUNet` feeds each stage the previous
+        one's), 0 for a plain noise predictor.
     """
 
     width: int = eqx.field(static=True)
     multipliers: tuple[int, ...] = eqx.field(static=True)
     channels: int = eqx.field(static=True)
+    extra_channels: int = eqx.field(static=True)
     embed: eqx.nn.MLP
     conv_in: eqx.nn.Conv2d
     down: list[ResBlock]
@@ -119,20 +123,23 @@ class UNet(eqx.Module):
         channels: int = 1,
         *,
         key: PRNGKeyArray,
+        extra_channels: int = 0,
     ):
-        if width < 1 or not multipliers or min(multipliers) < 1:
+        if width < 1 or not multipliers or min(multipliers) < 1 or extra_channels < 0:
             raise ValueError(
-                f"`width` and `multipliers` must be positive, got width={width}, "
-                f"multipliers={tuple(multipliers)}."
+                f"`width` and `multipliers` must be positive and `extra_channels` >= 0, got "
+                f"width={width}, multipliers={tuple(multipliers)}, "
+                f"extra_channels={extra_channels}."
             )
         self.width, self.multipliers, self.channels = width, tuple(multipliers), channels
+        self.extra_channels = extra_channels
         sizes = [width * m for m in self.multipliers]
         embedding = 2 * width
         keys = iter(jax.random.split(key, 4 * len(sizes) + 4))
         self.embed = eqx.nn.MLP(
             EMBEDDING_DIM, embedding, embedding, 1, activation=jax.nn.silu, key=next(keys)
         )
-        self.conv_in = eqx.nn.Conv2d(channels, width, 3, padding=1, key=next(keys))
+        self.conv_in = eqx.nn.Conv2d(channels + extra_channels, width, 3, padding=1, key=next(keys))
         self.down = [ResBlock(c, c, embedding, key=next(keys)) for c in sizes]
         self.downsample = [
             eqx.nn.Conv2d(a, b, 3, stride=2, padding=1, key=next(keys))
@@ -150,15 +157,36 @@ class UNet(eqx.Module):
         self, t: float | Float[Array, ""], x: Float[Array, "c h w"]
     ) -> Float[Array, "c h w"]:
         """The predicted noise at time t for ONE image x (callers `vmap` over a batch)."""
+        return self.readout(self.features(t, x))
+
+    def features(
+        self,
+        t: float | Float[Array, ""],
+        x: Float[Array, "c h w"],
+        extra: Float[Array, "h w e"] | None = None,
+    ) -> Float[Array, "h w width"]:
+        """The last feature map, channel-last (H, W, width), before `readout`; `extra`
+        is the channel-last feature map of `extra_channels` channels given beside x."""
         if x.ndim != 3 or x.shape[0] != self.channels:
             raise ValueError(
                 f"UNet takes ONE image of shape ({self.channels}, H, W) (vmap over a "
                 f"batch), got shape {x.shape}."
             )
+        given = 0 if extra is None else extra.shape[-1]
+        if given != self.extra_channels or (
+            extra is not None and extra.shape[:2] != x.shape[1:]
+        ):
+            raise ValueError(
+                f"`extra` must be a ({x.shape[1]}, {x.shape[2]}, {self.extra_channels}) "
+                f"feature map, got {None if extra is None else extra.shape}."
+            )
         # The features are computed in float32 (their frequencies are float32) and cast to
         # the dtype of x, so a bfloat16 UNet (`mlem_jax.in_precision`) stays in bfloat16.
         embedding = self.embed(time_features(jnp.asarray(t, x.dtype)).astype(x.dtype))
-        h = conv_channels_last(self.conv_in, jnp.transpose(x, (1, 2, 0)))
+        h = jnp.transpose(x, (1, 2, 0))
+        if extra is not None:
+            h = jnp.concatenate([h, extra.astype(h.dtype)], axis=-1)
+        h = conv_channels_last(self.conv_in, h)
         skips = []
         for i, block in enumerate(self.down):
             h = block(h, embedding)
@@ -171,6 +199,10 @@ class UNet(eqx.Module):
                 h = jnp.repeat(jnp.repeat(h, 2, axis=0), 2, axis=1)
                 h = conv_channels_last(self.upsample[i], h)
             h = self.up[i](jnp.concatenate([h, skips[i]], axis=-1), embedding)
+        return h
+
+    def readout(self, h: Float[Array, "h w width"]) -> Float[Array, "c h w"]:
+        """The noise prediction (C, H, W) from a feature map of `features`."""
         h = jax.nn.silu(group_norm_channels_last(self.norm_out, h))
         return jnp.transpose(conv_channels_last(self.conv_out, h), (2, 0, 1))
 
