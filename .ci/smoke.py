@@ -71,17 +71,29 @@ def core() -> None:
 def diffusion() -> None:
     import jax
 
-    from mlem_jax.diffusion import CHECKPOINTS, load_levels, load_mnist, load_model
+    from mlem_jax.diffusion import (
+        CASCADE_CHECKPOINTS,
+        CHECKPOINTS,
+        load_levels,
+        load_mnist,
+        load_model,
+        read_calibration,
+    )
+    from mlem_jax.diffusion.levels import load_sampling_levels
 
     assert "site-packages" in CHECKPOINTS.parts, CHECKPOINTS
-    models, _ = load_levels()  # the demo that follows samples with them
+    models, _ = load_levels()
+    cascade, _ = load_sampling_levels()  # the demo that follows samples with it
+    calibration = read_calibration(CASCADE_CHECKPOINTS / "calibration.json", "sde")
+    assert calibration is not None and len(calibration["flops"]) == len(cascade)
     classifier, _ = load_model(CHECKPOINTS / "classifier")
     held_out = load_mnist("test")
     assert held_out.images.shape == (1000, 1, 32, 32), held_out.images.shape
     logits = jax.vmap(classifier)(held_out.images[:4])
     assert logits.shape == (4, 10)
     print(
-        f"smoke diffusion: {len(models)} UNets and the classifier from {CHECKPOINTS}, "
+        f"smoke diffusion: {len(models)} UNets, a cascade of {len(cascade)} exits and the "
+        f"classifier from {CHECKPOINTS}, "
         f"{len(held_out.images)} held-out MNIST digits"
     )
 

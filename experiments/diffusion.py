@@ -58,7 +58,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from mlem_jax import level_costs, needed_levels, pareto_frontier
+from mlem_jax import LevelFamily, level_costs, needed_levels, pareto_frontier
 from mlem_jax.diffusion.brownian import grid_brownian_path
 from mlem_jax.diffusion.calibrate import (
     calibrate,
@@ -69,10 +69,15 @@ from mlem_jax.diffusion.calibrate import (
 from mlem_jax.diffusion.checkpoint import CheckpointError, load_model, save_model
 from mlem_jax.diffusion.classifier import accuracy, train_classifier
 from mlem_jax.diffusion.data import load_mnist
-from mlem_jax.diffusion.levels import CHECKPOINTS, load_levels
+from mlem_jax.diffusion.levels import (
+    CASCADE_CHECKPOINTS,
+    CHECKPOINTS,
+    level_widths,
+    load_sampling_levels,
+)
 from mlem_jax.diffusion.metrics import classifier_features, frechet_distance, strong_error
 from mlem_jax.diffusion.runner import Setting, run_setting
-from mlem_jax.diffusion.sample import T_MIN, initial_noise, score_levels, stitch_switch
+from mlem_jax.diffusion.sample import T_MIN, initial_noise, level_process, stitch_switch
 from mlem_jax.diffusion.sde import KINDS
 
 
@@ -108,7 +113,7 @@ QUICK: dict[str, Any] = dict(
     calibration_steps=8,
 )
 FAMILIES = {
-    "em": "EM, largest UNet",
+    "em": "EM, top level",
     "mlem": "ML-EM, constant p_l",
     "mlem_t": "ML-EM, p_l(t) on v_l(t)",
     "mlem_tw": "ML-EM, p_l(t) on w(t) v_l(t)",
@@ -291,7 +296,7 @@ def equal_cost_grids(
     fine = math.lcm(*(setting.num_steps for setting in chosen.values()))
     path = (
         grid_brownian_path(jax.random.key(22), x1.shape, fine, T_MIN)
-        if levels[-1].kind == "sde"
+        if level_process(levels).kind == "sde"
         else None
     )
     out = {}
@@ -415,7 +420,9 @@ def table(result: dict) -> str:
                 f"gamma = {result['gamma']:.2f} (FLOPs), {c['gamma_seconds']:.2f} (seconds). "
                 f"Quality: Frechet distance on classifier features to the held-out split, "
                 f"{result['config']['quality_samples']} samples; training images score "
-                f"{result['quality']['data']:.2f}. Widths {result['widths']}; per image: MFLOP "
+                f"{result['quality']['data']:.2f}. "
+                + ("Exits of stages of widths " if c.get("shared") else "UNets of widths ")
+                + f"{result['widths']}; per image: MFLOP "
                 f"{[round(f / 1e6, 1) for f in c['flops']]}, "
                 f"eps_l {[round(e, 1) for e in c['errors']]}, "
                 f"v_l {[round(v) for v in c['variances']]}. Written by `experiments/diffusion.py`.",
@@ -456,9 +463,9 @@ def limits_text(limits: dict, target: float) -> str:
             )
             + " In wall-clock it cannot beat EM by more than c_K / c_1 = "
             f"{limits['wallclock_bound']:.1f}x at any variance (some level runs at every step, "
-            f"and the smallest UNet takes 1/{limits['wallclock_bound']:.1f} of the largest's time "
-            f"on this CPU, against 1/{limits['flops_bound']:.0f} of its FLOPs). At the measured "
-            "v_l it predicts these FLOP speedups at the error of each EM point: "
+            f"and the cheapest level takes 1/{limits['wallclock_bound']:.1f} of the top level's "
+            f"time on this CPU, against 1/{limits['flops_bound']:.0f} of its FLOPs). At the "
+            "measured v_l it predicts these FLOP speedups at the error of each EM point: "
             + ", ".join(
                 f"{_times(row['speedup_flops'])} at {row['target']:.2f}"
                 for row in limits["by_target"]
@@ -473,13 +480,27 @@ def limits_text(limits: dict, target: float) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
-    parser.add_argument("--checkpoints", default=str(CHECKPOINTS))
+    parser.add_argument(
+        "--checkpoints",
+        default=str(CASCADE_CHECKPOINTS),
+        help="the levels: a CascadeUNet (`cascade`) or UNets (`unet_w*`) and their "
+        "calibration.json, rewritten by a full run (default: the shipped cascade)",
+    )
+    parser.add_argument(
+        "--name", default="diffusion", help="stem of the result files (default: diffusion)"
+    )
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument(
         "--kind",
         choices=KINDS,
         default="sde",
-        help="reverse SDE or probability-flow ODE (results named diffusion_ode*)",
+        help="reverse SDE or probability-flow ODE (results named <name>_ode*)",
+    )
+    parser.add_argument(
+        "--below-top",
+        action="store_true",
+        help="the top level is the truth (the reference) and the levels below it the "
+        "ladder (results named <name>_below_top*)",
     )
     parser.add_argument(
         "--summarise",
@@ -487,17 +508,17 @@ def main(argv: list[str] | None = None) -> dict:
         help="only recompute the speedups and the table from the stored results of --kind",
     )
     a = parser.parse_args(argv)
+    stem = result_stem(a.name, a.kind, a.below_top)
     if a.summarise:
-        stored = json.loads((Path(a.out) / f"{result_stem(a.kind)}.json").read_text())
-        return write(summarise(stored), Path(a.out))
+        return write(summarise(json.loads((Path(a.out) / f"{stem}.json").read_text())), Path(a.out))
     config, out, directory = (QUICK if a.quick else FULL), Path(a.out), Path(a.checkpoints)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     train, test = load_mnist("train"), load_mnist("test")
-    models, manifests = load_levels(directory)
-    levels = score_levels(models, a.kind)
+    truth, manifests = load_sampling_levels(directory, a.kind)
+    levels = ladder_below(truth) if a.below_top else truth
     shape = tuple(manifests[-1]["image_shape"])
-    features_model, classifier_manifest = classifier(directory, train, test)
+    features_model, classifier_manifest = classifier(CHECKPOINTS, train, test)
 
     calibration = calibrate(
         levels,
@@ -506,7 +527,7 @@ def main(argv: list[str] | None = None) -> dict:
         count=config["calibration_images"],
         num_steps=config["calibration_steps"],
     )
-    if not a.quick:
+    if not a.quick and not a.below_top:
         write_calibration(directory / "calibration.json", calibration)
     flops = calibration["flops"]
     print(
@@ -524,7 +545,7 @@ def main(argv: list[str] | None = None) -> dict:
     path = grid_brownian_path(jax.random.key(3), x1.shape, fine, T_MIN) if a.kind == "sde" else None
     cache: dict = {}
     reference = run_setting(
-        Setting("em", config["reference_steps"]), levels, x1, path, None, flops, cache
+        Setting("em", config["reference_steps"]), truth, x1, path, None, [0.0] * len(truth), cache
     ).samples
     points, by_label = [], {}
     for family, family_settings in every.items():
@@ -565,11 +586,12 @@ def main(argv: list[str] | None = None) -> dict:
     grids = equal_cost_grids(
         chosen["mlem"], chosen["mlem_s3"], by_label, levels, shape, flops, cache
     )
-    stem = result_stem(a.kind)
     plot(points, grids, calibration, out / f"{stem}_frontier.png", out / f"{stem}_samples.png")
 
     result = {
+        "name": stem,
         "kind": a.kind,
+        "below_top": a.below_top,
         "gamma": calibration["gamma"],
         "quality": scores,
         "target_error": target,
@@ -580,7 +602,7 @@ def main(argv: list[str] | None = None) -> dict:
         "frontiers": {family: frontier(points, family) for family in FAMILIES},
         "points": points,
         "config": config,
-        "widths": [m.width for m in models],
+        "widths": level_widths(truth)[: len(levels)],
         "training": [
             {
                 k: m.get(k)
@@ -767,14 +789,20 @@ def speedup_model(result: dict, reductions=(1, 2, 4, 8, 16, 32, 64, 128)) -> dic
     }
 
 
-def result_stem(kind: str) -> str:
-    """Stem of the result files: `diffusion` (reverse SDE) or `diffusion_ode`."""
-    return "diffusion" if kind == "sde" else f"diffusion_{kind}"
+def ladder_below(levels):
+    """The levels below the top one: a truncated family, or all but the last level."""
+    return levels.truncated(len(levels) - 1) if isinstance(levels, LevelFamily) else levels[:-1]
+
+
+def result_stem(name: str, kind: str, below_top: bool = False) -> str:
+    """Stem of the result files: `name`, then `_ode` for the probability-flow ODE and
+    `_below_top` when the top level is the truth."""
+    return name + ("" if kind == "sde" else f"_{kind}") + ("_below_top" if below_top else "")
 
 
 def write(result: dict, out: Path) -> dict:
-    """diffusion[_ode].json and the README table."""
-    stem = result_stem(result["kind"])
+    """<name>.json and the README table."""
+    stem = result.get("name", result_stem("diffusion", result["kind"]))
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / f"{stem}_table.md").write_text(table(result))
     print(table(result))

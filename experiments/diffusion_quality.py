@@ -14,12 +14,15 @@ every configuration); the table gives the mean over the batches and its standard
 error. FD on a few hundred samples is biased upwards (the training images themselves
 score `data` at the same size), but the bias is the same for every method.
 
-**Configurations.** The shipped UNets (widths 2, 4, 8, 16) as reverse-SDE levels; EM with
-the largest UNet, ML-EM with constant p_l from the shipped calibration
+**Configurations.** The levels of `--checkpoints` as reverse-SDE levels: the shipped
+`CascadeUNet`'s exits (default), or the shipped UNets of widths 2, 4, 8, 16
+(`--checkpoints mlem_jax/diffusion/checkpoints --name diffusion_quality_unets`); EM with
+the top level, ML-EM with constant p_l from the levels' calibration
 (`probabilities_for`: top level drawn about m times), with random draws (the paper's
 method) and with stratified draws and the p_l optimal for them (`draws="stratified"`),
-and T-Stitch (width 8 on the first half of the time span, then width 16). Cost: FLOPs
-per image actually spent, and seconds per image (compiled samplers, batch of `samples`).
+and T-Stitch (the second-largest level on the first half of the time span, then the
+largest). Cost: FLOPs per image actually spent, and seconds per image (compiled
+samplers, batch of `samples`).
 
 **Grouped draws.** ML-EM draws its levels in `groups` groups of each batch, each with a
 draw sequence of its own (`Setting(..., groups=...)`). With one draw sequence for the
@@ -29,8 +32,8 @@ batch would measure that one error rather than average over it.
 **Speedup at equal quality.** For the FD of each EM configuration, the cheapest
 configuration of a family whose mean FD is no larger, and EM's cost over its cost.
 
-Writes `experiments/results/diffusion_quality.json` and `diffusion_quality_table.md`
-(`--quick`: a smoke run, written under `--out`).
+Writes `experiments/results/<name>.json` and `<name>_table.md` (`--name`, default
+`diffusion_quality`; `--quick`: a smoke run, written under `--out`).
 """
 
 import argparse
@@ -45,22 +48,22 @@ from mlem_jax.diffusion.calibrate import probabilities_for, read_calibration
 from mlem_jax.diffusion.checkpoint import load_model
 from mlem_jax.diffusion.classifier import Classifier
 from mlem_jax.diffusion.data import load_mnist
-from mlem_jax.diffusion.levels import CHECKPOINTS, load_levels
+from mlem_jax.diffusion.levels import CASCADE_CHECKPOINTS, CHECKPOINTS, load_sampling_levels
 from mlem_jax.diffusion.metrics import classifier_features, frechet_distance
 from mlem_jax.diffusion.runner import Setting, run_setting
-from mlem_jax.diffusion.sample import initial_noise, score_levels, stitch_switch
+from mlem_jax.diffusion.sample import initial_noise, stitch_switch
 
 
 RESULTS = Path(__file__).parent / "results"
 FULL = dict(
     samples=256,
-    repeats=6,
-    em_steps=(16, 32, 64, 128),
+    repeats=8,
+    em_steps=(32, 64, 128),
     mlem_steps=(64, 128),
-    budgets=(4.0, 8.0, 16.0),
-    stratified_steps=(64, 96, 128),
-    stratified_budgets=(8.0, 16.0, 24.0),
-    stitch_steps=(16, 32, 64),
+    budgets=(4.0, 8.0),
+    stratified_steps=(64, 128),
+    stratified_budgets=(8.0, 16.0),
+    stitch_steps=(32, 64),
     groups=16,
 )
 QUICK = dict(
@@ -75,11 +78,13 @@ QUICK = dict(
     groups=2,
 )
 FAMILIES = {
-    "em": "EM, largest UNet",
+    "em": "EM, top level",
     "mlem": "ML-EM, constant p_l",
+    "mlem_s": "ML-EM, stratified draws, p_l for random draws",
     "mlem_s3": "ML-EM, stratified draws",
     "tstitch": "T-Stitch",
 }
+STRATIFIED = ("mlem_s", "mlem_s3")
 
 
 def settings(config: dict, calibration: dict) -> dict[str, list[Setting]]:
@@ -114,6 +119,33 @@ def settings(config: dict, calibration: dict) -> dict[str, list[Setting]]:
             for n in config["stitch_steps"]
         ],
     }
+
+
+def operating_settings(result: dict, groups: int) -> dict[str, list[Setting]]:
+    """EM's operating configuration in a result of `experiments/diffusion.py`, and that
+    of every family of `FAMILIES` that reached EM's strong error there (the p_l(t)
+    families are left out: their schedules are not stored)."""
+    out: dict[str, list[Setting]] = {}
+    for family, point in result["operating_points"].items():
+        if family not in FAMILIES or not point["reaches_target"]:
+            continue
+        if family == "em":
+            setting = Setting("em", point["steps"], label=point["label"])
+        elif family == "tstitch":
+            setting = Setting(
+                "tstitch", point["steps"], switch=point["switch"], label=point["label"]
+            )
+        else:
+            setting = Setting(
+                "mlem",
+                point["steps"],
+                tuple(point["probabilities"]),
+                label=point["label"],
+                draws="stratified" if family in STRATIFIED else "random",
+                groups=groups,
+            )
+        out[family] = [setting]
+    return out
 
 
 def score(
@@ -159,7 +191,7 @@ def equal_quality(points: list[dict]) -> list[dict]:
     rows = []
     for em in [p for p in points if p["family"] == "em"]:
         row = {"em": em["label"], "fd": em["fd"], "fd_standard_error": em["fd_standard_error"]}
-        for family in FAMILIES:
+        for family in run_families(points):
             if family == "em":
                 continue
             reach = [p for p in points if p["family"] == family and p["fd"] <= em["fd"]]
@@ -179,6 +211,11 @@ def equal_quality(points: list[dict]) -> list[dict]:
     return rows
 
 
+def run_families(points: list[dict]) -> list[str]:
+    """The families of `FAMILIES` with at least one point, in that order."""
+    return [f for f in FAMILIES if any(p["family"] == f for p in points)]
+
+
 def table(result: dict) -> str:
     """Every configuration, then the speedups at equal quality."""
     lines = [
@@ -190,16 +227,17 @@ def table(result: dict) -> str:
             f"| {p['label']} | {p['fd']:.1f} ± {p['fd_standard_error']:.1f} | "
             f"{p['flops'] / 1e6:.0f} | {p['seconds'] * 1e3:.1f} |"
         )
+    others = [f for f in run_families(result["points"]) if f != "em"]
     lines += [
         "",
         "| quality of | FD | "
-        + " | ".join(f"{FAMILIES[f]}: speedup in FLOPs, wall-clock" for f in FAMILIES if f != "em")
+        + " | ".join(f"{FAMILIES[f]}: speedup in FLOPs, wall-clock" for f in others)
         + " |",
-        "|---|---|" + "---|" * (len(FAMILIES) - 1),
+        "|---|---|" + "---|" * len(others),
     ]
     for row in result["equal_quality"]:
         cells = []
-        for family in FAMILIES:
+        for family in others:
             if family == "em":
                 continue
             hit = row[family]
@@ -230,14 +268,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument(
+        "--checkpoints",
+        default=str(CASCADE_CHECKPOINTS),
+        help="the levels and their calibration.json (default: the shipped cascade)",
+    )
+    parser.add_argument("--name", default="diffusion_quality", help="stem of the result files")
+    parser.add_argument(
+        "--operating-points",
+        help="a result JSON of experiments/diffusion.py: score only its operating "
+        "configurations (EM's and those that reach EM's strong error), not the frontier",
+    )
     a = parser.parse_args(argv)
     config, out = (QUICK if a.quick else FULL), Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    models, manifests = load_levels(CHECKPOINTS)
-    levels, shape = score_levels(models, "sde"), tuple(manifests[-1]["image_shape"])
-    calibration = read_calibration(CHECKPOINTS / "calibration.json", "sde")
-    assert calibration is not None, "the shipped checkpoints have a calibration"
+    levels, manifests = load_sampling_levels(a.checkpoints, "sde")
+    shape = tuple(manifests[-1]["image_shape"])
+    calibration = read_calibration(Path(a.checkpoints) / "calibration.json", "sde")
+    if calibration is None:
+        raise SystemExit(f"no calibration.json in {a.checkpoints}: run experiments/diffusion.py")
     features_model, _ = load_model(CHECKPOINTS / "classifier")
     assert isinstance(features_model, Classifier)
     held_out = classifier_features(features_model, load_mnist("test").images)
@@ -247,7 +297,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     cache: dict = {}
     points = []
-    for family, family_settings in settings(config, calibration).items():
+    chosen = (
+        operating_settings(json.loads(Path(a.operating_points).read_text()), config["groups"])
+        if a.operating_points
+        else settings(config, calibration)
+    )
+    for family, family_settings in chosen.items():
         for setting in family_settings:
             points.append(
                 score(
@@ -273,10 +328,12 @@ def main(argv: list[str] | None = None) -> dict:
         "data_fd": data_fd,
         "points": points,
         "equal_quality": equal_quality(points),
+        "checkpoints": Path(a.checkpoints).name,
+        "operating_points": a.operating_points and Path(a.operating_points).name,
         "quick": a.quick,
         "seconds": time.perf_counter() - start,
     }
-    name = "diffusion_quality"
+    name = a.name
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / f"{name}_table.md").write_text(table(result))
     print(table(result))

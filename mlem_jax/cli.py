@@ -55,7 +55,7 @@ def _sde_demo(a: argparse.Namespace) -> None:
 
 
 def _train(a: argparse.Namespace) -> None:
-    from .diffusion.levels import WIDTHS, train_levels, user_directory
+    from .diffusion.levels import WIDTHS, train_cascade, train_levels, user_directory
     from .diffusion.train import TrainConfig
 
     config = TrainConfig(
@@ -63,12 +63,12 @@ def _train(a: argparse.Namespace) -> None:
     )
     directory = Path(a.checkpoints) if a.checkpoints else user_directory() / "checkpoints"
     widths = a.widths or WIDTHS
-    state = train_levels(
-        directory, dataset=a.dataset, widths=widths, config=config, progress=not a.quiet
-    )
+    run = train_cascade if a.family == "cascade" else train_levels
+    state = run(directory, dataset=a.dataset, widths=widths, config=config, progress=not a.quiet)
     print(
-        f"trained widths {widths} for {int(state.step)} steps in "
-        f"{float(state.seconds):.0f} s; checkpoints in {directory}"
+        f"trained {'a cascade of' if a.family == 'cascade' else 'UNets of'} widths {widths} "
+        f"for {int(state.step)} steps in {float(state.seconds):.0f} s; checkpoints in "
+        f"{directory}"
     )
 
 
@@ -95,12 +95,11 @@ def _calibrate(a: argparse.Namespace) -> None:
     import jax
 
     from .diffusion.calibrate import calibrate, write_calibration
-    from .diffusion.levels import in_package, load_levels, user_directory
-    from .diffusion.sample import score_levels
+    from .diffusion.levels import in_package, level_widths, load_sampling_levels, user_directory
 
-    models, manifests = load_levels(a.checkpoints)
+    levels, manifests = load_sampling_levels(a.checkpoints, a.kind)
     result = calibrate(
-        score_levels(models, a.kind),
+        levels,
         jax.random.key(a.seed),
         manifests[-1]["image_shape"],
         count=a.count,
@@ -119,8 +118,9 @@ def _calibrate(a: argparse.Namespace) -> None:
     write_calibration(out, result)
     print(f"{'width':>6} {'MFLOP/image':>12} {'ms/image':>9} {'eps_l':>9} {'v_l':>10}")
     v = [float("nan")] + result["variances"]
-    for m, f, s, e, var in zip(models, result["flops"], result["seconds"], result["errors"], v):
-        print(f"{m.width:>6} {f / 1e6:>12.2f} {s * 1e3:>9.3f} {e:>9.3f} {var:>10.3f}")
+    rows = zip(level_widths(levels), result["flops"], result["seconds"], result["errors"], v)
+    for width, f, s, e, var in rows:
+        print(f"{width:>6} {f / 1e6:>12.2f} {s * 1e3:>9.3f} {e:>9.3f} {var:>10.3f}")
     use = (
         f"; use it with --calibration {out}"
         if out.resolve() != (Path(a.checkpoints) / "calibration.json").resolve()
@@ -227,16 +227,16 @@ def _distributed_sample(a: argparse.Namespace) -> None:
 
     from .diffusion.calibrate import probabilities_for
     from .diffusion.demo import prepare
-    from .diffusion.levels import load_levels
-    from .diffusion.sample import score_levels, stitch_switch
+    from .diffusion.levels import load_sampling_levels
+    from .diffusion.sample import stitch_switch
 
     probabilities = a.probabilities
     if a.method == "mlem" and probabilities is None:
         levels, image_shape, calibration = prepare(a.checkpoints, a.kind, a.seed, a.calibration)
         probabilities = probabilities_for(calibration, a.steps, a.top_evaluations, a.draws)
     else:
-        models, manifests = load_levels(a.checkpoints)
-        levels, image_shape = score_levels(models, a.kind), manifests[-1]["image_shape"]
+        levels, manifests = load_sampling_levels(a.checkpoints, a.kind)
+        image_shape = manifests[-1]["image_shape"]
     if a.method == "mlem" and len(probabilities) != len(levels):
         raise ValueError(
             f"--probabilities must hold {len(levels)} values, one per level, "
@@ -304,8 +304,9 @@ def _parser() -> argparse.ArgumentParser:
         if checkpoints:
             sub.add_argument(
                 "--checkpoints",
-                help="folder of the UNet checkpoints (default: the shipped "
-                "ones, which are only read)",
+                help="folder of the checkpoints: a CascadeUNet (cascade.eqx) or UNets "
+                "(unet_w*.eqx) (default: the shipped cascade, which is only read; "
+                "`distill`: the shipped UNets)",
             )
         if calibration:
             sub.add_argument(
@@ -327,7 +328,15 @@ def _parser() -> argparse.ArgumentParser:
         "--checkpoints", help=f"folder to write the checkpoints to (default: {home}/checkpoints)"
     )
     train.add_argument(
-        "--widths", type=_widths, help="e.g. 2,4,8,16 (default: those of the shipped UNets)"
+        "--family",
+        choices=("cascade", "unets"),
+        default="cascade",
+        help="one CascadeUNet whose exits are the levels (default), or one UNet per level",
+    )
+    train.add_argument(
+        "--widths",
+        type=_widths,
+        help="e.g. 2,4,8,16: the stages or the UNets (default: those of the shipped ones)",
     )
     train.add_argument("--steps", type=_positive, default=2000, help="optimiser steps")
     train.add_argument("--batch-size", type=_positive, default=64)
@@ -380,7 +389,7 @@ def _parser() -> argparse.ArgumentParser:
         "--top-evaluations",
         type=float,
         default=2.0,
-        help="ML-EM: expected evaluations of the largest UNet per run",
+        help="ML-EM: expected evaluations of the top level per run",
     )
     smp.add_argument(
         "--draws",
@@ -467,7 +476,7 @@ def _parser() -> argparse.ArgumentParser:
         "--top-evaluations",
         type=float,
         default=2.0,
-        help="ML-EM: expected evaluations of the largest UNet per run",
+        help="ML-EM: expected evaluations of the top level per run",
     )
     dist.add_argument(
         "--probabilities",
@@ -506,16 +515,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        # The commands that read checkpoints default to the shipped ones (`train` writes
-        # its own to the user cache instead).
+        # The commands that read checkpoints default to the shipped ones: the cascade, or
+        # the UNets for `distill` (`train` writes its own to the user cache instead).
         if (
             arguments.command != "train"
             and "checkpoints" in arguments
             and arguments.checkpoints is None
         ):
-            from .diffusion.levels import CHECKPOINTS
+            from .diffusion.levels import CASCADE_CHECKPOINTS, CHECKPOINTS
 
-            arguments.checkpoints = str(CHECKPOINTS)
+            shipped = CHECKPOINTS if arguments.command == "distill" else CASCADE_CHECKPOINTS
+            arguments.checkpoints = str(shipped)
         arguments.run(arguments)
     except (ValueError, OSError, ModuleNotFoundError) as error:
         print(f"mlem-jax: error: {error}", file=sys.stderr)

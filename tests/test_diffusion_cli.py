@@ -25,7 +25,7 @@ from mlem_jax.diffusion.figures import sample_panels
 from mlem_jax.diffusion.testbed import LADDER, TESTBED_FILES
 from mlem_jax.diffusion.testbed_demo import demo_settings
 
-from diffusion_helpers import IMAGE_SHAPE, tiny_unets
+from diffusion_helpers import IMAGE_SHAPE, tiny_cascade, tiny_unets
 
 
 COMMANDS = ("train", "distill", "calibrate", "sample", "demo", "bench", "sde-demo")
@@ -77,7 +77,9 @@ def test_bad_arguments_give_one_clear_line(capsys, tmp_path, checkpoints):
     _one_line_error(capsys, ["sample", "--method", "heun"], "invalid choice: 'heun'")
     _one_line_error(capsys, ["sample", "--out", "x.jpg"], "--out must end in .png or .npz")
     _one_line_error(
-        capsys, ["sample", "--checkpoints", str(tmp_path / "none")], "no UNet checkpoints"
+        capsys,
+        ["sample", "--checkpoints", str(tmp_path / "none")],
+        "none: neither a CascadeUNet (cascade.json) nor UNets",
     )
     _one_line_error(
         capsys,
@@ -134,6 +136,21 @@ def test_tiny_sample_run(checkpoints, tmp_path, capsys):
     assert "16.000 GFLOP/image" in capsys.readouterr().out
 
 
+def test_a_cascade_is_calibrated_and_sampled_as_one_family(tmp_path, capsys):
+    folder = tmp_path / "cascade"
+    save_model(folder / "cascade", tiny_cascade(), image_shape=list(IMAGE_SHAPE))
+    assert main(["calibrate", "--checkpoints", str(folder), "--count", "2", "--steps", "4"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in printed[1:3]] == ["1", "2"]  # the stage widths
+    calibration = json.loads((folder / "calibration.json").read_text())["sde"]
+    assert calibration["shared"] is True and len(calibration["flops"]) == 2
+    out = tmp_path / "s.npz"
+    argv = ["sample", "--checkpoints", str(folder), "--steps", "4", "--count", "2"]
+    assert main([*argv, "--out", str(out)]) == 0
+    samples = np.load(out)["samples"]
+    assert samples.shape == (2, *IMAGE_SHAPE) and np.isfinite(samples).all()
+
+
 def test_levels_without_a_calibration_file_are_calibrated_on_the_spot(checkpoints, monkeypatch):
     measured = {"flops": [1.0, 4.0], "variances": [1.0], "profile": {}}
     calls = []
@@ -175,7 +192,7 @@ def test_tiny_demo_run(checkpoints, tmp_path, capsys):
     printed = capsys.readouterr().out
     operating = read_manifest(TESTBED_FILES / LADDER)["operating"]
     for method in (
-        "EM, largest UNet, 4 steps",
+        "EM, top level, 4 steps",
         "ML-EM, 8 steps, m=2",
         "ML-EM p(t)",
         "ML-EM stratified",
@@ -244,12 +261,15 @@ def _files(folder: Path) -> dict[str, str]:
 
 
 def _tiny_shipped(folder: Path) -> None:
+    """Tiny UNets in `folder` and a tiny cascade in `folder / "cascade"`, as shipped."""
     for model in tiny_unets():
         save_model(
             folder / f"unet_w{model.width}", model, image_shape=list(IMAGE_SHAPE), dataset="digits"
         )
+    save_model(folder / "cascade" / "cascade", tiny_cascade(), image_shape=list(IMAGE_SHAPE))
     calibration = {"kind": "sde", "flops": [1e4, 4e4], "variances": [1.0], "gamma": None}
-    (folder / "calibration.json").write_text(json.dumps({"sde": calibration}))
+    for where in (folder, folder / "cascade"):
+        (where / "calibration.json").write_text(json.dumps({"sde": calibration}))
 
 
 WRITING_COMMANDS = [
@@ -291,6 +311,7 @@ def test_writing_commands_default_to_the_user_cache(tmp_path, monkeypatch, capsy
     _tiny_shipped(shipped)
     monkeypatch.setattr(family, "PACKAGE", package)
     monkeypatch.setattr(family, "CHECKPOINTS", shipped)
+    monkeypatch.setattr(family, "CASCADE_CHECKPOINTS", shipped / "cascade")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     cache = tmp_path / "cache" / "mlem-jax"
 
@@ -315,13 +336,13 @@ def test_writing_commands_default_to_the_user_cache(tmp_path, monkeypatch, capsy
 
     trained = []
 
-    def train_levels(directory, **kw):
+    def train_cascade(directory, **kw):
         trained.append(directory)
         return train([], None, None, on_save=id)
 
     monkeypatch.setattr(sys.modules["mlem_jax.diffusion.calibrate"], "calibrate", calibrate)
     monkeypatch.setattr(family, "train", train)
-    monkeypatch.setattr(family, "train_levels", train_levels)
+    monkeypatch.setattr(family, "train_cascade", train_cascade)
     before = _files(shipped)
     for argv in WRITING_COMMANDS:
         assert main(argv) == 0
@@ -373,7 +394,8 @@ def test_writing_commands_leave_the_installed_package_byte_identical(tmp_path):
     assert _files(package) == before
     made = _files(cache / "mlem-jax")
     _check_outputs(made, _files(shipped))
-    assert {"checkpoints/distill_state.eqx", "checkpoints/train_state.eqx"} <= set(made)
+    assert {"checkpoints/distill_state.eqx", "checkpoints/cascade_state.eqx"} <= set(made)
+    assert {"checkpoints/cascade.eqx", "checkpoints/cascade.json"} <= set(made)
     assert f"use it with --calibration {cache / 'mlem-jax' / 'calibration.json'}" in done.stdout
 
 

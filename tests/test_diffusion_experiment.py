@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mlem_jax.diffusion.calibrate import probabilities_for
+from mlem_jax.diffusion.levels import CHECKPOINTS
 
 from experiment_helpers import load_experiment, run_experiment
 
@@ -130,14 +131,28 @@ def test_speedup_model_does_not_cost_the_levels_that_cancel():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, stem", [("sde", "diffusion"), ("ode", "diffusion_ode")])
-def test_quick_run_writes_results_table_and_figures(tmp_path, kind, stem):
-    run_experiment("diffusion", tmp_path, "--quick", "--kind", kind)
+@pytest.mark.parametrize(
+    "flags, stem, kind, levels",
+    [
+        ((), "diffusion", "sde", 4),
+        (
+            ("--kind", "ode", "--checkpoints", str(CHECKPOINTS), "--name", "diffusion_unets"),
+            "diffusion_unets_ode",
+            "ode",
+            4,
+        ),
+        (("--below-top",), "diffusion_below_top", "sde", 3),
+    ],
+)
+def test_quick_run_writes_results_table_and_figures(tmp_path, flags, stem, kind, levels):
+    run_experiment("diffusion", tmp_path, "--quick", *flags)
     result = json.loads((tmp_path / f"{stem}.json").read_text())
-    assert result["kind"] == kind
+    assert result["kind"] == kind and result["name"] == stem
+    assert result["below_top"] == ("--below-top" in flags)
     assert {"gamma", "speedup_flops", "speedup_wallclock", "frontiers", "limits"} <= set(result)
     assert {"em", "mlem", "mlem_s", "mlem_s3", "tstitch"} <= set(result["quality"])
     assert result["stratified_reduction"]["rows"]
-    assert len(result["level_seconds"]) == len(result["widths"]) == 4
+    assert len(result["level_seconds"]) == len(result["widths"]) == levels
+    assert result["calibration"]["shared"] == ("--checkpoints" not in flags)
     for suffix in ("_frontier.png", "_samples.png", "_table.md"):
         assert (tmp_path / f"{stem}{suffix}").stat().st_size > 0

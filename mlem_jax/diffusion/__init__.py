@@ -1,4 +1,5 @@
-"""Diffusion models for ML-EM: UNet levels, the VP-SDE, training, sampling, metrics.
+"""Diffusion models for ML-EM: UNet levels and a UNet with early exits, the VP and VE
+SDEs, training, sampling, metrics.
 
 Needs the `diffusion` extra: `pip install 'mlem-jax[diffusion]'`.
 """
@@ -18,11 +19,23 @@ del _missing
 
 from .brownian import brownian_path_on, family_brownian_path, grid_brownian_path
 from .calibrate import calibrate, probabilities_for, read_calibration, write_calibration
+from .cascade import CascadeFamily, CascadeUNet
 from .checkpoint import CheckpointError, load_model, save_model
 from .classifier import Classifier, train_classifier
 from .data import ImageSplit, load_dataset, load_digits, load_mnist
 from .grids import DEFAULT_GRID, GRIDS, edm_grid, log_snr_grid, time_grid, uniform_grid
-from .levels import CHECKPOINTS, WIDTHS, build_family, load_levels, train_levels
+from .levels import (
+    CASCADE_CHECKPOINTS,
+    CHECKPOINTS,
+    WIDTHS,
+    build_family,
+    level_widths,
+    load_cascade,
+    load_levels,
+    load_sampling_levels,
+    train_cascade,
+    train_levels,
+)
 from .metrics import classifier_features, frechet_distance, quality_score, strong_error
 from .sample import (
     T_MIN,
@@ -43,16 +56,20 @@ from .sde import (
     StitchedDrift,
     reverse_drift,
 )
-from .train import TrainConfig, TrainState, dsm_loss, train
+from .train import ExitsObjective, TrainConfig, TrainState, dsm_loss, train
 from .unet import UNet, parameter_count
 
 
 __all__ = [
+    "CASCADE_CHECKPOINTS",
     "CHECKPOINTS",
+    "CascadeFamily",
+    "CascadeUNet",
     "CheckpointError",
     "Classifier",
     "DEFAULT_GRID",
     "Drift",
+    "ExitsObjective",
     "GRIDS",
     "ImageSplit",
     "NoisePredictor",
@@ -78,7 +95,10 @@ __all__ = [
     "initial_noise",
     "load_dataset",
     "load_digits",
+    "level_widths",
+    "load_cascade",
     "load_levels",
+    "load_sampling_levels",
     "load_mnist",
     "load_model",
     "log_snr_grid",
@@ -96,6 +116,7 @@ __all__ = [
     "strong_error",
     "time_grid",
     "train",
+    "train_cascade",
     "train_classifier",
     "train_levels",
     "uniform_grid",

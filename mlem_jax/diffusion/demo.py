@@ -1,5 +1,5 @@
 """The diffusion demo and benchmark: EM, ML-EM (constant and time-dependent p_l) and
-T-Stitch on the shipped UNets."""
+T-Stitch on the shipped levels (the exits of the shipped CascadeUNet by default)."""
 
 import os
 import time
@@ -16,15 +16,15 @@ from .brownian import family_brownian_path
 from .calibrate import calibrate, probabilities_for, read_calibration, schedule_for
 from .figures import frontier_figure, sample_panels
 from .grids import DEFAULT_GRID, time_grid
-from .levels import CHECKPOINTS, load_levels
+from .levels import CASCADE_CHECKPOINTS, level_widths, load_sampling_levels
 from .metrics import strong_error
 from .runner import Setting, compile_sampler, run_setting
-from .sample import initial_noise, score_levels, stitch_switch
+from .sample import initial_noise, stitch_switch
 from .sde import VPSDE
 
 
 def prepare(
-    directory: str | os.PathLike = CHECKPOINTS,
+    directory: str | os.PathLike = CASCADE_CHECKPOINTS,
     kind: str = "sde",
     seed: int = 0,
     calibration: str | os.PathLike | None = None,
@@ -39,8 +39,7 @@ def prepare(
 
     `(levels, image_shape, calibration)`.
     """
-    models, manifests = load_levels(directory)
-    levels = score_levels(models, kind)
+    levels, manifests = load_sampling_levels(directory, kind)
     image_shape = tuple(manifests[-1]["image_shape"])
     path = Path(directory) / "calibration.json" if calibration is None else calibration
     measured = read_calibration(path, kind)
@@ -59,7 +58,7 @@ def demo_settings(
     groups: int = 1,
     grid: str = "uniform",
 ) -> list[Setting]:
-    """EM with the largest UNet, ML-EM with all of them (the largest drawn about
+    """EM with the top level, ML-EM with all levels (the top one drawn about
     `top_level_evaluations` times) with constant p_l, with stratified draws and with
     p_l(t) on the sensitivity-weighted v_l(t), each in `groups` groups of the batch with
     draws of their own, T-Stitch (half the time span on the second largest), all on the
@@ -68,7 +67,7 @@ def demo_settings(
     ts = None if grid == "uniform" else time_grid(grid, VPSDE(), mlem_steps)
     schedule = schedule_for(calibration, mlem_steps, m, weighted=True, ts=ts)
     settings = [
-        Setting("em", em_steps, label=f"EM, largest UNet, {em_steps} steps"),
+        Setting("em", em_steps, label=f"EM, top level, {em_steps} steps"),
         Setting(
             "mlem",
             mlem_steps,
@@ -117,7 +116,7 @@ def frontier_settings(
         )
 
     return {
-        "EM, largest UNet": [Setting("em", n, label=f"N={n}", grid=grid) for n in em_steps],
+        "EM, top level": [Setting("em", n, label=f"N={n}", grid=grid) for n in em_steps],
         f"ML-EM, {mlem_steps} steps": [mlem(m, "random") for m in budgets],
         f"ML-EM stratified, {mlem_steps} steps": [mlem(m, "stratified") for m in budgets],
     }
@@ -130,7 +129,7 @@ _QUICK = (4, 8, 2.0, 16, (4, 8), (2.0,))
 
 
 def run_demo(
-    directory: str | os.PathLike = CHECKPOINTS,
+    directory: str | os.PathLike = CASCADE_CHECKPOINTS,
     *,
     count: int = 64,
     seed: int = 0,
@@ -148,7 +147,7 @@ def run_demo(
 
     **Arguments:**
 
-    - `directory`: the UNet checkpoints (and their `calibration.json`).
+    - `directory`: the checkpoints (a CascadeUNet or UNets, and their `calibration.json`).
     - `count`: images per method (64 fill the 8x8 grids).
     - `seed`: PRNG seed of the noise, the Brownian path and the level draws.
     - `out_dir`: where the PNGs go.
@@ -225,7 +224,7 @@ def run_demo(
         [s for _, s in runs] + [reference.samples],
         titles
         + [
-            f"Reference: EM, largest UNet, {reference_steps} steps\n"
+            f"Reference: EM, top level, {reference_steps} steps\n"
             f"{reference.flops / 1e9:.2f} GFLOP/image, {reference.seconds:.2f} s"
         ],
     )
@@ -242,7 +241,7 @@ def run_demo(
         f"EM with {reference_steps} steps ({grid} grid)",
     )
     print(
-        f"reference: EM, largest UNet, {reference_steps} steps ({grid} grid); {count} "
+        f"reference: EM, top level, {reference_steps} steps ({grid} grid); {count} "
         "images, ML-EM's "
         "level draws their own; "
         f"gamma = {measured['gamma'] or float('nan'):.2f}; wrote {samples} and "
@@ -257,7 +256,7 @@ def run_demo(
 
 
 def run_bench(
-    directory: str | os.PathLike = CHECKPOINTS,
+    directory: str | os.PathLike = CASCADE_CHECKPOINTS,
     *,
     count: int = 16,
     num_steps: int = 64,
@@ -276,8 +275,8 @@ def run_bench(
     x1 = initial_noise(noise_key, count, image_shape)
     costs = level_costs(levels, 1.0, x1, repeats=repeats * 5)
     print(f"{'width':>6} {'MFLOP/image':>12} {'ms/image':>9}")
-    for level, f, s in zip(levels, costs.flops, costs.seconds):
-        print(f"{level.model.width:>6} {f / count / 1e6:>12.2f} {s / count * 1e3:>9.3f}")
+    for width, f, s in zip(level_widths(levels), costs.flops, costs.seconds):
+        print(f"{width:>6} {f / count / 1e6:>12.2f} {s / count * 1e3:>9.3f}")
     em = Setting("em", num_steps)
     mlem = Setting("mlem", num_steps, probabilities_for(measured, num_steps))
     p = jnp.asarray(mlem.probabilities)

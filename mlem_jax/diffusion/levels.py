@@ -9,15 +9,21 @@ from typing import cast
 import equinox as eqx
 import jax
 
+from .cascade import CascadeFamily, CascadeUNet
 from .checkpoint import CheckpointError, load_model, save_model
 from .data import load_dataset
-from .train import TrainConfig, TrainState, train
+from .sample import score_levels
+from .sde import VPSDE, ScoreDrift
+from .train import ExitsObjective, TrainConfig, TrainState, train
 from .unet import UNet
 
 
 WIDTHS = (2, 4, 8, 16)
+CASCADE = "cascade"  # file stem of the shipped CascadeUNet's checkpoint
+CASCADE_CONFIG = TrainConfig(steps=4000, batch_size=64, learning_rate=2e-3, ema_decay=0.999)
 MULTIPLIERS = (1, 2, 2)
 CHECKPOINTS = Path(__file__).parent / "checkpoints"  # shipped: read, never written
+CASCADE_CHECKPOINTS = CHECKPOINTS / "cascade"  # the shipped CascadeUNet, the default levels
 PACKAGE = Path(__file__).parents[1]
 _TRAINING_KEYS = ("objective", "steps", "final_loss", "train_seconds", "config", "notes")
 
@@ -248,3 +254,107 @@ def load_levels(
         if model.width != w:
             raise CheckpointError(f"{level_name(w)} in {directory} holds width {model.width}.")
     return models, [manifest for _, manifest in loaded]
+
+
+def train_cascade(
+    directory: str | os.PathLike | None = None,
+    *,
+    dataset: str = "mnist",
+    widths: Sequence[int] = WIDTHS,
+    config: TrainConfig = CASCADE_CONFIG,
+    consistency: float = 0.0,
+    state_path: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> TrainState:
+    """Train a `CascadeUNet` with stages of `widths` on `dataset`'s training split, every
+    exit at once (`ExitsObjective`); write its EMA weights as the checkpoint `cascade`
+    in `directory` whenever the training state is saved.
+
+    **Arguments:**
+
+    - `directory`: where `cascade.eqx/.json` go (default
+        `user_directory() / "checkpoints"`).
+    - `dataset`: `"mnist"` or `"digits"` (see `load_dataset`).
+    - `widths`: the stages' widths, cheapest first.
+    - `config`: a `TrainConfig`.
+    - `consistency`: the weight of the exits' differences in the loss (`ExitsObjective`).
+    - `state_path`: the resumable training state (default
+        `<directory>/cascade_state.eqx`).
+    - `progress`: show a progress bar.
+
+    **Returns:**
+
+    The final `TrainState`.
+    """
+    directory = user_directory() / "checkpoints" if directory is None else Path(directory)
+    data = load_dataset(dataset, "train")
+    state_path = directory / "cascade_state.eqx" if state_path is None else state_path
+    channels, key = data.images.shape[1], jax.random.key(config.seed)
+    if Path(state_path).exists():
+        model = eqx.filter_eval_shape(CascadeUNet, widths, MULTIPLIERS, channels, key=key)
+    else:
+        model = CascadeUNet(widths, MULTIPLIERS, channels, key=key)
+
+    def write_checkpoint(state: TrainState) -> None:
+        save_model(
+            directory / CASCADE,
+            state.ema[0],
+            dataset=dataset,
+            image_shape=list(data.images.shape[1:]),
+            train_images=len(data.images),
+            steps=int(state.step),
+            final_loss=float(state.loss[0]),
+            train_seconds=float(state.seconds),
+            config=config._asdict(),
+            objective="denoising score matching on every exit",
+            consistency=consistency,
+        )
+
+    return train(
+        [model],
+        data.images,
+        config,
+        objective=ExitsObjective(VPSDE(), consistency),
+        state_path=state_path,
+        on_save=write_checkpoint,
+        progress=progress,
+    )
+
+
+def load_cascade(directory: str | os.PathLike = CHECKPOINTS) -> tuple[CascadeUNet, dict]:
+    """Load the `CascadeUNet` checkpoint `cascade` in `directory`: `(model, manifest)`;
+    `CheckpointError` if it is missing or of another architecture."""
+    model, manifest = load_model(Path(directory) / CASCADE, {"model": "CascadeUNet"})
+    return cast(CascadeUNet, model), manifest
+
+
+def load_sampling_levels(
+    directory: str | os.PathLike = CASCADE_CHECKPOINTS, kind: str = "sde"
+) -> tuple[CascadeFamily | list[ScoreDrift], list[dict]]:
+    """The levels stored in `directory` as `kind` drifts (`"sde"` or `"ode"`): the
+    `CascadeFamily` of its `cascade` checkpoint if it has one, else one `ScoreDrift`
+    per `unet_w*` checkpoint (`load_levels`).
+
+    **Returns:**
+
+    `(levels, manifests)`: the manifests of the checkpoints read, the last one of the
+    top level. Raises `CheckpointError` if `directory` holds neither.
+    """
+    directory = Path(directory)
+    if (directory / f"{CASCADE}.json").exists():
+        model, manifest = load_cascade(directory)
+        return CascadeFamily(model, VPSDE(), kind), [manifest]
+    if not any(directory.glob("unet_w*.json")):
+        raise CheckpointError(
+            f"no checkpoints in {directory}: neither a CascadeUNet ({CASCADE}.json) nor "
+            "UNets (unet_w*.json)."
+        )
+    models, manifests = load_levels(directory)
+    return score_levels(models, kind), manifests
+
+
+def level_widths(levels: CascadeFamily | Sequence[ScoreDrift]) -> list[int]:
+    """The network width of each level: a cascade's stage widths, or each UNet's."""
+    if isinstance(levels, CascadeFamily):
+        return list(levels.model.widths[: len(levels)])
+    return [level.model.width for level in levels]

@@ -173,9 +173,7 @@ class UNet(eqx.Module):
                 f"batch), got shape {x.shape}."
             )
         given = 0 if extra is None else extra.shape[-1]
-        if given != self.extra_channels or (
-            extra is not None and extra.shape[:2] != x.shape[1:]
-        ):
+        if given != self.extra_channels or (extra is not None and extra.shape[:2] != x.shape[1:]):
             raise ValueError(
                 f"`extra` must be a ({x.shape[1]}, {x.shape[2]}, {self.extra_channels}) "
                 f"feature map, got {None if extra is None else extra.shape}."
