@@ -66,7 +66,7 @@ def variance_profile(
         raise ValueError(
             f"`levels` must hold at least two levels to have differences, got {len(levels)}."
         )
-    squares = pointwise_squares(levels, levels[-1], ts, ys, args, batch_size)
+    squares = pointwise_squares(levels, None, ts, ys, args, batch_size)
     times = np.asarray(ts, dtype=np.float64)
     edges = _edges(bins, times)
     index = np.clip(np.searchsorted(edges, times, side="right") - 1, 0, len(edges) - 2)

@@ -182,6 +182,7 @@ def test_calibrating_a_family_counts_shared_costs(cascade):
     c = calibrate(family, jax.random.key(12), SHAPE, count=2, num_steps=8, repeats=1)
     assert c["shared"] is True
     assert c["flops"][0] < c["flops"][1] < c["flops"][2]
+    assert c["errors"][-1] == 0.0 and min(c["errors"][:-1]) > 0  # the top against itself
     want = mlem_jax.optimal_probabilities(
         c["flops"], c["variances"], top_level_evaluations=3.0, num_steps=16, shared=True
     )
