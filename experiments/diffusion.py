@@ -279,12 +279,16 @@ def equal_cost_grids(
 ) -> dict:
     """16 samples per method at about ML-EM's operating FLOPs per image, from the same
     initial noise and (reverse SDE) the same Brownian path, sampled on a grid that every
-    step count divides: EM and T-Stitch get as many steps as that budget buys; ML-EM
-    with stratified draws is shown at its own operating point."""
+    step count divides: EM and T-Stitch get about as many steps as that budget buys (the
+    nearest divisor of the lcm of the ML-EM step counts, so the path stays that fine);
+    ML-EM with stratified draws is shown at its own operating point."""
     x1 = initial_noise(jax.random.key(21), 16, shape)
     budget = mlem_point["flops"]
-    em_steps = max(1, round(budget / flops[-1]))
-    stitch_steps = max(2, round(2 * budget / (flops[-2] + flops[-1])))
+    mlem_steps = math.lcm(
+        by_label[mlem_point["label"]].num_steps, by_label[stratified_point["label"]].num_steps
+    )
+    em_steps = nearest_divisor(mlem_steps, budget / flops[-1])
+    stitch_steps = max(2, nearest_divisor(mlem_steps, 2 * budget / (flops[-2] + flops[-1])))
     chosen = {
         "em": Setting("em", em_steps, label=f"EM N={em_steps}"),
         "mlem": by_label[mlem_point["label"]],
@@ -304,6 +308,12 @@ def equal_cost_grids(
         o = run_setting(setting, levels, x1, path, jax.random.key(23), flops, cache)
         out[name] = {"label": setting.label, "flops": o.flops, "samples": o.samples}
     return out
+
+
+def nearest_divisor(n: int, target: float) -> int:
+    """The divisor of n nearest to `target` (in ratio; the smaller one on a tie)."""
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    return min(divisors, key=lambda d: abs(math.log(d / max(target, 1e-9))))
 
 
 def plot(

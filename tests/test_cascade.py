@@ -34,7 +34,7 @@ def _trained_like(model: CascadeUNet, seed: int = 1) -> CascadeUNet:
 
 @pytest.fixture(scope="module")
 def cascade():
-    return CascadeUNet((2, 4, 4), (1, 2), key=jax.random.key(0))
+    return CascadeUNet((1, 2, 2), (1,), key=jax.random.key(0))
 
 
 def test_every_exit_equals_the_first_at_initialisation(cascade):
@@ -119,7 +119,7 @@ def test_joint_loss_is_the_mean_of_each_exits_loss_plus_the_gaps(cascade):
     np.testing.assert_allclose(plain, np.mean(fits), rtol=1e-5)
     penalised = float(ExitsObjective(sde, 0.5)(model, None, images, key))
     np.testing.assert_allclose(penalised, np.mean(fits) + 0.5 * sum(gaps), rtol=1e-5)
-    teacher = UNet(2, (1, 2), key=jax.random.key(9))
+    teacher = UNet(1, (1,), key=jax.random.key(9))
     target = jax.vmap(teacher)(t, xt)
     distilled = float(ExitsObjective(sde)(model, teacher, images, key))
     want = np.mean([float(jnp.mean(jnp.square(e - target))) for e in exits])
@@ -150,8 +150,8 @@ def test_checkpoint_round_trip(tmp_path, cascade):
     manifest = save_model(tmp_path / "cascade", model, note="x")
     assert manifest["architecture"] == {
         "model": "CascadeUNet",
-        "widths": [2, 4, 4],
-        "multipliers": [1, 2],
+        "widths": [1, 2, 2],
+        "multipliers": [1],
         "channels": 1,
     }
     loaded, _ = load_model(tmp_path / "cascade")
@@ -160,17 +160,17 @@ def test_checkpoint_round_trip(tmp_path, cascade):
     stage = model.stages[1]
     save_model(tmp_path / "stage", stage)
     again, stored = load_model(tmp_path / "stage")
-    assert stored["architecture"]["extra_channels"] == 2
-    h = jnp.ones((8, 8, 2))
+    assert stored["architecture"]["extra_channels"] == 1
+    h = jnp.ones((8, 8, 1))
     np.testing.assert_array_equal(again.features(0.5, x, h), stage.features(0.5, x, h))
 
 
 def test_training_the_cascade_writes_a_loadable_family(tmp_path):
-    config = TrainConfig(steps=4, batch_size=4, warmup=1, learning_rate=1e-3)
-    state = train_cascade(tmp_path, dataset="digits", widths=(2, 4), config=config, progress=False)
-    assert int(state.step) == 4 and np.isfinite(np.asarray(state.loss)).all()
+    config = TrainConfig(steps=2, batch_size=4, warmup=1, learning_rate=1e-3)
+    state = train_cascade(tmp_path, dataset="digits", widths=(1, 2), config=config, progress=False)
+    assert int(state.step) == 2 and np.isfinite(np.asarray(state.loss)).all()
     model, manifest = load_cascade(tmp_path)
-    assert model.widths == (2, 4) and manifest["steps"] == 4
+    assert model.widths == (1, 2) and manifest["steps"] == 2
     assert manifest["objective"] == "denoising score matching on every exit"
     levels, manifests = load_sampling_levels(tmp_path, "ode")
     assert isinstance(levels, CascadeFamily) and levels.kind == "ode"

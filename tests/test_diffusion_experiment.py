@@ -156,3 +156,12 @@ def test_quick_run_writes_results_table_and_figures(tmp_path, flags, stem, kind,
     assert result["calibration"]["shared"] == ("--checkpoints" not in flags)
     for suffix in ("_frontier.png", "_samples.png", "_table.md"):
         assert (tmp_path / f"{stem}{suffix}").stat().st_size > 0
+
+
+def test_equal_cost_steps_divide_the_mlem_steps():
+    """The equal-cost grids' EM and T-Stitch step counts divide the lcm of the ML-EM
+    ones, so their common Brownian path stays that fine (23 and 37 steps would need
+    a path of 108,928 intervals beside 128)."""
+    nearest = load_experiment("diffusion").nearest_divisor
+    assert [nearest(384, x) for x in (23, 37, 0.3, 1000.0)] == [24, 32, 1, 384]
+    assert nearest(128, 44) == 32 and nearest(128, 46) == 64  # nearest in ratio
