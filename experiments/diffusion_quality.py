@@ -40,6 +40,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -55,7 +56,7 @@ from mlem_jax.diffusion.sample import initial_noise, stitch_switch
 
 
 RESULTS = Path(__file__).parent / "results"
-FULL = dict(
+FULL: dict[str, Any] = dict(
     samples=256,
     repeats=8,
     em_steps=(32, 64, 128),
@@ -66,7 +67,7 @@ FULL = dict(
     stitch_steps=(32, 64),
     groups=16,
 )
-QUICK = dict(
+QUICK: dict[str, Any] = dict(
     samples=16,
     repeats=2,
     em_steps=(8, 16),
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
     cache: dict = {}
     points = []
     chosen = (
-        operating_settings(json.loads(Path(a.operating_points).read_text()), config["groups"])
+        operating_settings(json.loads(Path(a.operating_points).read_text()), int(config["groups"]))
         if a.operating_points
         else settings(config, calibration)
     )

@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jaxtyping import Array, PRNGKeyArray
 
+from ._family import LevelFamily
 from ._sharding import BATCH, batch_mesh, batch_sharding
 from .diffusion.sample import initial_noise, sample
 from .diffusion.sde import Drift
@@ -138,7 +139,7 @@ def gather(x: Any) -> np.ndarray:
 
 def sample_sharded(
     method: str,
-    levels: Sequence[Drift],
+    levels: Sequence[Drift] | LevelFamily,
     key: PRNGKeyArray,
     count: int,
     image_shape: Sequence[int],
@@ -159,7 +160,8 @@ def sample_sharded(
     **Arguments:**
 
     - `method`: `"em"`, `"mlem"` or `"tstitch"` (see `mlem_jax.diffusion.sample`).
-    - `levels`: `ScoreDrift` levels, cheapest first, the same on every process.
+    - `levels`: `ScoreDrift` levels, cheapest first, or a `LevelFamily` (the exits of
+        a `CascadeUNet`), the same on every process.
     - `key`: PRNG key, split into the noise, Brownian and level-draw keys.
     - `count`: global batch size, divisible by the number of devices.
     - `image_shape`: (C, H, W).

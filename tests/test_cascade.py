@@ -1,5 +1,7 @@
 """CascadeUNet (a UNet with early exits), its family, its joint loss, its checkpoint."""
 
+from typing import cast
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -83,12 +85,21 @@ def test_family_levels_are_the_reverse_drifts_of_the_exits(cascade):
 def test_mlem_on_the_family_with_every_p_one_is_em_on_the_top_exit(cascade):
     family = CascadeFamily(_trained_like(cascade), VPSDE())
     y0 = jax.random.normal(jax.random.key(5), (2, *SHAPE))
-    args = dict(y0=y0, t0=1.0, t1=1e-3, num_steps=6, brownian=jax.random.key(6))
-    diffusion = VPSDE().diffusion
+    diffusion, path = VPSDE().diffusion, jax.random.key(6)
     mlem = mlem_jax.solve(
-        family, probabilities=(1.0, 1.0, 1.0), key=jax.random.key(7), diffusion=diffusion, **args
+        family,
+        y0,
+        1.0,
+        1e-3,
+        6,
+        probabilities=(1.0, 1.0, 1.0),
+        key=jax.random.key(7),
+        diffusion=diffusion,
+        brownian=path,
     )
-    em = mlem_jax.solve([family[-1]], probabilities=(1.0,), diffusion=diffusion, **args)
+    em = mlem_jax.solve(
+        [family[-1]], y0, 1.0, 1e-3, 6, probabilities=(1.0,), diffusion=diffusion, brownian=path
+    )
     np.testing.assert_allclose(mlem.ys, em.ys, rtol=1e-5, atol=1e-5)
 
 
@@ -154,12 +165,13 @@ def test_checkpoint_round_trip(tmp_path, cascade):
         "multipliers": [1],
         "channels": 1,
     }
-    loaded, _ = load_model(tmp_path / "cascade")
+    loaded = cast(CascadeUNet, load_model(tmp_path / "cascade")[0])
     x = jnp.ones(SHAPE)
     np.testing.assert_array_equal(loaded(0.5, x), model(0.5, x))
     stage = model.stages[1]
     save_model(tmp_path / "stage", stage)
     again, stored = load_model(tmp_path / "stage")
+    again = cast(UNet, again)
     assert stored["architecture"]["extra_channels"] == 1
     h = jnp.ones((8, 8, 1))
     np.testing.assert_array_equal(again.features(0.5, x, h), stage.features(0.5, x, h))

@@ -14,13 +14,14 @@ from .._calibrate import level_costs
 from .._timing import interleaved_median_seconds
 from .brownian import family_brownian_path
 from .calibrate import calibrate, probabilities_for, read_calibration, schedule_for
+from .cascade import CascadeFamily
 from .figures import frontier_figure, sample_panels
 from .grids import DEFAULT_GRID, time_grid
 from .levels import CASCADE_CHECKPOINTS, level_widths, load_sampling_levels
 from .metrics import strong_error
 from .runner import Setting, compile_sampler, run_setting
 from .sample import initial_noise, stitch_switch
-from .sde import VPSDE
+from .sde import VPSDE, ScoreDrift
 
 
 def prepare(
@@ -28,8 +29,9 @@ def prepare(
     kind: str = "sde",
     seed: int = 0,
     calibration: str | os.PathLike | None = None,
-) -> tuple[list, tuple[int, ...], dict]:
-    """Load the levels of `directory` as `kind` drifts and their calibration.
+) -> tuple[CascadeFamily | list[ScoreDrift], tuple[int, ...], dict]:
+    """Load the levels of `directory` as `kind` drifts and their calibration
+    (`load_sampling_levels`).
 
     The calibration is read from the file `calibration` (default
     `<directory>/calibration.json`; both as written by `mlem-jax calibrate`), or

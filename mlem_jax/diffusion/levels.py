@@ -357,4 +357,4 @@ def level_widths(levels: CascadeFamily | Sequence[ScoreDrift]) -> list[int]:
     """The network width of each level: a cascade's stage widths, or each UNet's."""
     if isinstance(levels, CascadeFamily):
         return list(levels.model.widths[: len(levels)])
-    return [level.model.width for level in levels]
+    return [cast(UNet, level.model).width for level in levels]

@@ -15,6 +15,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .cascade import CascadeUNet
 from .checkpoint import load_tree, save_tree
 from .sde import VPSDE
 from .unet import UNet
@@ -196,7 +197,7 @@ def _batch(images: np.ndarray, config: TrainConfig, step: int) -> np.ndarray:
 
 
 def train(
-    models: Sequence[UNet],
+    models: Sequence[UNet | CascadeUNet],
     images: np.ndarray,
     config: TrainConfig,
     *,
@@ -213,8 +214,9 @@ def train(
 
     **Arguments:**
 
-    - `models`: the initial UNets (fresh, or trained ones to distil); when resuming only
-        their structure is used (`eqx.filter_eval_shape(UNet, ...)` is enough).
+    - `models`: the initial UNets or `CascadeUNet`s (fresh, or trained ones to distil);
+        when resuming only their structure is used (`eqx.filter_eval_shape(UNet, ...)`
+        is enough).
     - `images`: training images (n, C, H, W) in [-1, 1].
     - `config`: a `TrainConfig`.
     - `sde`: the forward process.
