@@ -199,12 +199,23 @@ def test_calibrating_a_family_counts_shared_costs(cascade):
         c["flops"], c["variances"], top_level_evaluations=3.0, num_steps=16, shared=True
     )
     np.testing.assert_allclose(probabilities_for(c, 16, 3.0), want)
-    assert not np.allclose(
-        want,
-        mlem_jax.optimal_probabilities(
-            c["flops"], c["variances"], top_level_evaluations=3.0, num_steps=16
-        ),
-    )
+    # The stored flag is what makes the costs cumulative: with costs 1, 2, 16 the
+    # corrections cost 1 and 14 in a family, 3 and 18 as separate levels.
+    costs = {"flops": [1.0, 2.0, 16.0], "variances": [10.0, 1.0]}
+    shared = probabilities_for({**costs, "shared": True}, 64, 4.0)
+    separate = probabilities_for(costs, 64, 4.0)
+    for got, flag in ((shared, True), (separate, False)):
+        np.testing.assert_allclose(
+            got,
+            mlem_jax.optimal_probabilities(
+                costs["flops"],
+                costs["variances"],
+                top_level_evaluations=4.0,
+                num_steps=64,
+                shared=flag,
+            ),
+        )
+    assert not np.allclose(shared, separate)
 
 
 def test_shipped_cascade_exits_approach_the_top_one():

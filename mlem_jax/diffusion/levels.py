@@ -1,4 +1,5 @@
-"""The shipped level family: which UNets, where their checkpoints live, train and load."""
+"""The shipped levels: the four UNets and the CascadeUNet, where their checkpoints live,
+how they are trained and loaded."""
 
 import os
 import shutil
