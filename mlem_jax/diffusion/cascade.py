@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._family import LevelFamily
-from .sde import SDE, VPSDE, _check_kind, reverse_drift
+from .sde import SDE, VPSDE, _check_kind, exit_drifts
 from .unet import UNet
 
 
@@ -118,6 +118,4 @@ class CascadeFamily(LevelFamily):
     def evaluate(
         self, t: Any, y: Float[Array, "b c h w"], args: Any, depth: int
     ) -> tuple[Array, ...]:
-        noises = jax.vmap(lambda x: self.model.exits(t, x, depth))(y)
-        sigma = self.sde.sigma(t)
-        return tuple(reverse_drift(self.sde, self.kind, t, y, -eps / sigma) for eps in noises)
+        return exit_drifts(self.model, self.sde, self.kind, t, y, depth)

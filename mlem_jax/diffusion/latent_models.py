@@ -10,7 +10,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._family import LevelFamily
-from .sde import VPSDE, _check_kind, reverse_drift
+from .sde import VPSDE, _check_kind, exit_drifts
 
 
 FREQUENCIES = 8
@@ -160,6 +160,4 @@ class ExitFamily(LevelFamily):
         return self.model.num_exits
 
     def evaluate(self, t: Any, y: Float[Array, "b d"], args: Any, depth: int) -> tuple[Array, ...]:
-        noises = jax.vmap(lambda x: self.model.exits(t, x, depth))(y)
-        sigma = self.sde.sigma(t)
-        return tuple(reverse_drift(self.sde, self.kind, t, y, -eps / sigma) for eps in noises)
+        return exit_drifts(self.model, self.sde, self.kind, t, y, depth)

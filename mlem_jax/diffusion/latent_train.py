@@ -11,7 +11,7 @@ from jaxtyping import Array, PRNGKeyArray
 from .latent_models import ResidualMLP
 from .mixture import GaussianMixture
 from .sde import VPSDE
-from .train import T_EPS, TrainConfig, TrainState, run_training
+from .train import T_EPS, TrainConfig, TrainState, exit_gaps, run_training
 
 
 TARGETS = ("dsm", "exact")
@@ -80,11 +80,7 @@ class MixtureObjective(NamedTuple):
         weights = weights / weights.sum()
         loss = sum(w * jnp.mean(jnp.square(eps - target)) for w, eps in zip(weights, fitted))
         if self.consistency:
-            gaps = [
-                jnp.mean(jnp.square(lower - jax.lax.stop_gradient(upper)))
-                for lower, upper in zip(outputs, outputs[1:])
-            ]
-            loss = loss + self.consistency * sum(gaps)
+            loss = loss + self.consistency * exit_gaps(outputs)
         return jnp.asarray(loss)
 
 

@@ -69,9 +69,9 @@ def build_family(
     return [build(UNet, w, multipliers, channels, key=k) for w, k in zip(widths, keys)]
 
 
-def _save_level(
-    directory: Path,
-    model: UNet,
+def _save_trained(
+    path: Path,
+    model: UNet | CascadeUNet,
     dataset: str,
     images,
     state: TrainState,
@@ -79,9 +79,10 @@ def _save_level(
     config: TrainConfig,
     **extra,
 ) -> None:
-    """Write one level's checkpoint with the manifest entries of a training run."""
+    """Write a trained network's checkpoint at `path` with the manifest entries of its
+    training run."""
     save_model(
-        directory / level_name(model.width),
+        path,
         model,
         dataset=dataset,
         image_shape=list(images.shape[1:]),
@@ -132,8 +133,8 @@ def train_levels(
 
     def write_checkpoints(state: TrainState) -> None:
         for model, loss in zip(state.ema, state.loss.tolist()):
-            _save_level(
-                directory,
+            _save_trained(
+                directory / level_name(model.width),
                 model,
                 dataset,
                 data.images,
@@ -209,8 +210,8 @@ def distill_levels(
 
     def write_checkpoints(state: TrainState) -> None:
         for model, loss, before in zip(state.ema, state.loss.tolist(), pretrained):
-            _save_level(
-                out_dir,
+            _save_trained(
+                out_dir / level_name(model.width),
                 model,
                 dataset,
                 data.images,
@@ -297,16 +298,14 @@ def train_cascade(
         model = CascadeUNet(widths, MULTIPLIERS, channels, key=key)
 
     def write_checkpoint(state: TrainState) -> None:
-        save_model(
+        _save_trained(
             directory / CASCADE,
             state.ema[0],
-            dataset=dataset,
-            image_shape=list(data.images.shape[1:]),
-            train_images=len(data.images),
-            steps=int(state.step),
-            final_loss=float(state.loss[0]),
-            train_seconds=float(state.seconds),
-            config=config._asdict(),
+            dataset,
+            data.images,
+            state,
+            float(state.loss[0]),
+            config,
             objective="denoising score matching on every exit",
             consistency=consistency,
         )

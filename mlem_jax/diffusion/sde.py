@@ -215,6 +215,15 @@ def reverse_drift(sde: SDE, kind: str, t: Any, y: Array, score: Array) -> Array:
     return sde.drift(t, y) - weight * sde.diffusion_squared(t) * score
 
 
+def exit_drifts(model: Any, sde: SDE, kind: str, t: Any, y: Array, depth: int) -> tuple:
+    """The reverse drifts of exits 1..depth of a noise predictor with early exits
+    (`model.exits(t, x, depth)` on ONE sample x, `vmap`ped over the batch y): what the
+    `evaluate` of an early-exit `mlem_jax.LevelFamily` returns."""
+    noises = jax.vmap(lambda x: model.exits(t, x, depth))(y)
+    sigma = sde.sigma(t)
+    return tuple(reverse_drift(sde, kind, t, y, -eps / sigma) for eps in noises)
+
+
 class ScoreDrift(eqx.Module):
     """A level f(t, y, args) for `mlem_jax.solve`: the reverse drift of one network, for
     a given forward SDE. It turns your own score, noise or x0 network into an ML-EM

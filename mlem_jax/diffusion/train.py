@@ -142,12 +142,20 @@ class ExitsObjective(NamedTuple):
         target = z if teacher is None else jax.lax.stop_gradient(jax.vmap(teacher)(t, xt))
         loss = sum(jnp.mean(jnp.square(eps - target)) for eps in exits) / len(exits)
         if self.consistency:
-            gaps = [
-                jnp.mean(jnp.square(lower - jax.lax.stop_gradient(upper)))
-                for lower, upper in zip(exits, exits[1:])
-            ]
-            loss = loss + self.consistency * sum(gaps)
+            loss = loss + self.consistency * exit_gaps(exits)
         return jnp.asarray(loss)
+
+
+def exit_gaps(exits: Sequence[Array]) -> Array:
+    """sum_j mean ||eps_j - eps_(j+1)||^2 over neighbouring exits, the next exit not
+    differentiated: the consistency penalty of the early-exit objectives."""
+    return sum(
+        (
+            jnp.mean(jnp.square(lower - jax.lax.stop_gradient(upper)))
+            for lower, upper in zip(exits, exits[1:])
+        ),
+        jnp.asarray(0.0),
+    )
 
 
 @functools.cache
