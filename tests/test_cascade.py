@@ -231,3 +231,19 @@ def test_shipped_cascade_exits_approach_the_top_one():
     exits = jax.vmap(lambda s, x: model.exits(s, x, model.num_exits))(t, xt)
     gaps = [float(jnp.mean(jnp.square(e - exits[-1]))) for e in exits[:-1]]
     assert all(a > b for a, b in zip(gaps, gaps[1:])), gaps
+
+
+@pytest.mark.parametrize("kind", ["sde", "ode"])
+def test_shipped_cascade_calibration_is_used_for_both_kinds(monkeypatch, kind):
+    """`prepare` on the shipped cascade reads its calibration for the reverse SDE and
+    the probability-flow ODE, rather than calibrating at start."""
+    from mlem_jax.diffusion import demo
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError(f"prepare recalibrated the shipped cascade for {kind}")
+
+    monkeypatch.setattr(demo, "calibrate", no_calibration)
+    levels, _, calibration = demo.prepare(CASCADE_CHECKPOINTS, kind, 0)
+    assert calibration["kind"] == kind
+    assert len(calibration["flops"]) == len(levels) == 4
+    assert len(calibration["variances"]) == 3 and all(v > 0 for v in calibration["variances"])
