@@ -4,7 +4,7 @@ import importlib.metadata
 
 from ._calibrate import LevelCosts, LevelStatistics, fit_gamma, level_costs, level_statistics
 from ._diffrax import MLEM, MLEMSolverState, MultilevelTerm, evaluations
-from ._family import FamilyLevel, LevelFamily, StackedFamily, marginal_costs
+from ._family import FamilyLevel, FamilyWithBase, LevelFamily, StackedFamily, marginal_costs
 from ._frontier import cost_to_reach, frontier_slope, pareto_frontier
 from ._levels import (
     draw_levels,
@@ -38,6 +38,7 @@ __version__ = importlib.metadata.version("mlem-jax")
 __all__ = [
     "EMErrorModel",
     "FamilyLevel",
+    "FamilyWithBase",
     "InPrecision",
     "LevelCosts",
     "LevelFamily",

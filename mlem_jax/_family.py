@@ -134,3 +134,35 @@ class StackedFamily(LevelFamily):
         if name.startswith("__") or name in ("family", "above"):
             raise AttributeError(name)
         return getattr(self.family, name)
+
+
+class FamilyWithBase(LevelFamily):
+    """A `LevelFamily` with a separate level below its first: level 1 is `base`, levels
+    2..K + 1 are the family's. A pass to depth L >= 2 evaluates `base` and runs the
+    family to its depth L - 1, so a cheap level of its own (e.g. the data's Gaussian
+    score, `mlem_jax.diffusion.GaussianDrift`) can carry the steps of a ladder of early
+    exits; a step that draws only level 1 runs no network.
+
+    **Arguments:**
+
+    - `base`: a callable `f(t, y, args)`, cheaper and rougher than the family's first
+        level.
+    - `family`: the shared levels, cheapest first.
+    """
+
+    base: Any
+    family: LevelFamily
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.family) + 1
+
+    def evaluate(self, t: Any, y: PyTree, args: Any, depth: int) -> tuple[PyTree, ...]:
+        above = self.family.evaluate(t, y, args, depth - 1) if depth > 1 else ()
+        return (self.base(t, y, args),) + tuple(above)
+
+    def __getattr__(self, name: str) -> Any:
+        # Attributes of the shared family (e.g. a diffusion family's `sde` and `kind`).
+        if name.startswith("__") or name in ("base", "family"):
+            raise AttributeError(name)
+        return getattr(self.family, name)

@@ -241,3 +241,27 @@ def test_family_costs_are_those_of_a_pass_returning_every_level():
     alone = mlem_jax.level_costs([top], 0.3, Y0, repeats=1).flops[0]
     assert (np.diff(costs) > 0).all()
     assert costs[3] > costs[2] + 0.9 * alone
+
+
+def test_family_with_base_puts_its_base_below_the_family():
+    calls = []
+    shared = family(calls, levels=3)
+    base = lambda t, y, a: -y  # noqa: E731
+    based = mlem_jax.FamilyWithBase(base, shared)
+    assert len(based) == 4 and based.calls is calls
+    outputs = based.evaluate(0.2, Y0, None, 4)
+    np.testing.assert_allclose(outputs[0], -Y0)
+    for level in range(3):
+        np.testing.assert_allclose(outputs[level + 1], shared[level](0.2, Y0, None))
+    calls.clear()
+    assert len(based.evaluate(0.2, Y0, None, 1)) == 1
+    jax.effects_barrier()
+    assert calls == []  # level 1 alone runs no pass of the family
+    a = run(based)
+    b = run(list(based))
+    np.testing.assert_allclose(a.ys, b.ys, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(a.evaluations, b.evaluations)
+    # Every p_l = 1: the telescoping sum is the top level, EM on the family's top.
+    every = run(based, probabilities=jnp.ones(4))
+    em = run([shared[-1]], probabilities=None)
+    np.testing.assert_allclose(every.ys, em.ys, rtol=1e-5, atol=1e-5)
