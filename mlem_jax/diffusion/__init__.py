@@ -23,6 +23,14 @@ from .cascade import CascadeFamily, CascadeUNet
 from .checkpoint import CheckpointError, load_model, save_model
 from .classifier import Classifier, train_classifier
 from .data import ImageSplit, load_dataset, load_digits, load_mnist
+from .gaussian import (
+    GaussianDrift,
+    GaussianStatistics,
+    fit_gaussian,
+    gaussian_statistics,
+    load_gaussian,
+    save_gaussian,
+)
 from .grids import DEFAULT_GRID, GRIDS, edm_grid, log_snr_grid, time_grid, uniform_grid
 from .levels import (
     CASCADE_CHECKPOINTS,
@@ -71,6 +79,8 @@ __all__ = [
     "Drift",
     "ExitsObjective",
     "GRIDS",
+    "GaussianDrift",
+    "GaussianStatistics",
     "ImageSplit",
     "NoisePredictor",
     "SDE",
@@ -90,11 +100,14 @@ __all__ = [
     "dsm_loss",
     "edm_grid",
     "family_brownian_path",
+    "fit_gaussian",
     "frechet_distance",
+    "gaussian_statistics",
     "grid_brownian_path",
     "initial_noise",
     "level_widths",
     "load_dataset",
+    "load_gaussian",
     "load_digits",
     "load_cascade",
     "load_levels",
@@ -109,6 +122,7 @@ __all__ = [
     "read_calibration",
     "reverse_drift",
     "sample",
+    "save_gaussian",
     "save_model",
     "score_levels",
     "stitch_evaluations",

@@ -5,14 +5,17 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import equinox as eqx
 import jax
+import numpy as np
 
+from .._family import FamilyLevel, FamilyWithBase
 from .cascade import CascadeFamily, CascadeUNet
 from .checkpoint import CheckpointError, load_model, save_model
 from .data import load_dataset
+from .gaussian import GaussianDrift, fit_gaussian, load_gaussian, save_gaussian
 from .sample import score_levels
 from .sde import VPSDE, ScoreDrift
 from .train import ExitsObjective, TrainConfig, TrainState, train
@@ -25,6 +28,11 @@ CASCADE_CONFIG = TrainConfig(steps=4000, batch_size=64, learning_rate=2e-3, ema_
 MULTIPLIERS = (1, 2, 2)
 CHECKPOINTS = Path(__file__).parent / "checkpoints"  # shipped: read, never written
 CASCADE_CHECKPOINTS = CHECKPOINTS / "cascade"  # the shipped CascadeUNet, the default levels
+GAUSSIAN_STATISTICS = CHECKPOINTS / "gaussian_mnist.npz"
+"""The shipped statistics of the Gaussian base (`save_gaussian`): the mean and covariance
+of MNIST's training split, the data of the shipped networks, kept to its 628 directions
+of positive variance (`fit_shipped_gaussian`)."""
+BASES = ("none", "gaussian")
 PACKAGE = Path(__file__).parents[1]
 _TRAINING_KEYS = ("objective", "steps", "final_loss", "train_seconds", "config", "notes")
 
@@ -358,3 +366,76 @@ def level_widths(levels: CascadeFamily | Sequence[ScoreDrift]) -> list[int]:
     if isinstance(levels, CascadeFamily):
         return list(levels.model.widths[: len(levels)])
     return [cast(UNet, level.model).width for level in levels]
+
+
+def level_names(levels: Any) -> list[str]:
+    """A short name for each level, for tables: `"gaussian"` for the Gaussian base, the
+    network's width otherwise (a cascade's stage, a UNet, an exit of a cascade)."""
+    if isinstance(levels, FamilyWithBase):
+        return ["gaussian", *level_names(levels.family)]
+    if isinstance(levels, CascadeFamily):
+        return [str(w) for w in level_widths(levels)]
+    names = []
+    for level in levels:
+        if isinstance(level, GaussianDrift):
+            names.append("gaussian")
+        elif isinstance(level, FamilyLevel) and isinstance(level.family, CascadeFamily):
+            names.append(str(level.family.model.widths[level.index]))
+        else:
+            names.append(str(cast(UNet, cast(ScoreDrift, level).model).width))
+    return names
+
+
+def ladder_key(kind: str, base: str = "none", top_only: bool = False) -> str:
+    """The entry of a calibration file that holds the calibration of a ladder (see
+    `with_base`): `kind` for the networks, `"<kind>+gaussian"` with the Gaussian base
+    under them, `"<kind>+gaussian_top"` under the top network alone."""
+    if base not in BASES:
+        raise ValueError(f"`base` must be one of {BASES}, got {base!r}.")
+    if base == "none":
+        if top_only:
+            raise ValueError("`top_only` needs a base level: with base='none' it is EM.")
+        return kind
+    return f"{kind}+{base}{'_top' if top_only else ''}"
+
+
+def fit_shipped_gaussian(path: str | os.PathLike = GAUSSIAN_STATISTICS) -> Path:
+    """Fit the Gaussian base's statistics to the training split of MNIST, the data the
+    shipped networks were trained on, and write them to `path`: every direction of
+    positive variance (the padding and the always-black pixels have none), so the form
+    is the full-rank one with a zero rest."""
+    images = load_dataset("mnist", "train").images
+    full = fit_gaussian(images)
+    positive = int(np.sum(np.asarray(full.variances) > 1e-6 * float(full.variances[0])))
+    return save_gaussian(path, fit_gaussian(images, rank=positive))
+
+
+def with_base(
+    levels: CascadeFamily | Sequence[ScoreDrift],
+    base: str = "gaussian",
+    *,
+    top_only: bool = False,
+    statistics: str | os.PathLike = GAUSSIAN_STATISTICS,
+    rank: int | None = None,
+) -> Any:
+    """`levels` with the data's Gaussian score (`GaussianDrift` of the `statistics` file,
+    kept to `rank` directions) as a new level 1, of the same SDE and kind: a
+    `FamilyWithBase` for a `LevelFamily`, else the list [base, *levels]. With
+    `top_only`, the two-level ladder [base, top level]: ML-EM on one network and a
+    level that costs next to nothing. `base="none"` returns `levels` unchanged (or the
+    top level alone with `top_only`).
+
+    **Returns:**
+
+    A `FamilyWithBase`, a `CascadeFamily` (`base="none"`) or a list of levels.
+    """
+    if base not in BASES:
+        raise ValueError(f"`base` must be one of {BASES}, got {base!r}.")
+    chosen = [levels[-1]] if top_only else levels
+    if base == "none":
+        return chosen
+    process = levels if isinstance(levels, CascadeFamily) else levels[-1]
+    gaussian = GaussianDrift(load_gaussian(statistics, rank=rank), process.sde, process.kind)
+    if isinstance(chosen, CascadeFamily):
+        return FamilyWithBase(gaussian, chosen)
+    return [gaussian, *chosen]
