@@ -177,6 +177,63 @@ def test_calibration_along_sampling_runs():
     assert len(sensitivity["gains"]) == 4 and sensitivity["gains"][-1] == pytest.approx(1.0)
     assert sensitivity["times"][-1] == pytest.approx(T_MIN)
     for weighted in (False, True):
-        schedule = schedule_for(result, 16, 2.0, weighted=weighted)
+        schedule = schedule_for(result, 16, 2.0, weighted=weighted, floor=0.0)
         assert schedule.shape == (16, 2) and (schedule[:, 0] == 1).all()
         assert schedule[:, 1].sum() == pytest.approx(2.0)
+
+
+SYNTHETIC = {
+    "flops": [1.0, 10.0, 100.0],
+    "seconds": [1.0, 2.0, 4.0],
+    "variances": [64.0, 4.0],
+    "shared": False,
+    "profile": {
+        "edges": [1e-3, 0.5, 1.0],
+        "variances": [[64.0, 16.0], [4.0, 1.0]],
+        "counts": [1, 1],
+    },
+    "sensitivity": {"times": [1e-3, 0.5, 1.0], "gains": [1.0, 0.1, 0.01]},
+}
+
+
+def test_schedules_follow_the_draws_and_the_costs():
+    # 8 steps from t = 1: the first 4 start in the bin [0.5, 1] (v = 4, 1), the rest in
+    # [1e-3, 0.5) (v = 64, 16). Random draws: p ∝ sqrt(v / c); stratified: (v / c)^(1/3).
+    random = schedule_for(SYNTHETIC, 8, 1.0)
+    stratified = schedule_for(SYNTHETIC, 8, 1.0, draws="stratified")
+    assert random[-1, 2] / random[0, 2] == pytest.approx(4.0)
+    assert stratified[-1, 2] / stratified[0, 2] == pytest.approx(16 ** (1 / 3))
+    assert random[:, 2].sum() == pytest.approx(1.0) == stratified[:, 2].sum()
+    # Costs: p_2 / p_3 = sqrt((v_2 / c_2) / (v_3 / c_3)) with c the costs asked for
+    # (nested coupling, so the correction costs are c_2 and c_3).
+    for costs, c in (("flops", (10.0, 100.0)), ("seconds", (2.0, 4.0))):
+        p = probabilities_for(SYNTHETIC, 64, 1.0, costs=costs)
+        assert p[1] / p[2] == pytest.approx(np.sqrt((64 / c[0]) / (4 / c[1])))
+    p = schedule_for(SYNTHETIC, 8, 1.0, costs="seconds")
+    assert p[-1, 1] / p[-1, 2] == pytest.approx(np.sqrt((64 / 2) / (16 / 4)))
+
+
+def test_a_weighted_schedule_keeps_the_floor_of_the_unweighted_one():
+    unweighted = schedule_for(SYNTHETIC, 8, 1.0)
+    bare = schedule_for(SYNTHETIC, 8, 1.0, weighted=True, floor=0.0)
+    assert bare[:, 2].sum() == pytest.approx(1.0)
+    assert bare[0, 2] < 0.5 * unweighted[0, 2]  # the small gains near t = 1 lower p there
+    for floor in (0.5, 1.0):
+        floored = schedule_for(SYNTHETIC, 8, 1.0, weighted=True, floor=floor)
+        np.testing.assert_allclose(floored, np.maximum(bare, floor * unweighted))
+        assert floored[:, 2].sum() > 1.0  # the floor's cost: more top-level evaluations
+    np.testing.assert_allclose(schedule_for(SYNTHETIC, 8, 1.0, weighted=True), floored)
+
+
+def test_bad_costs_and_floors_are_refused_naming_the_argument():
+    with pytest.raises(
+        ValueError, match=r"`costs` must be one of \('flops', 'seconds'\), got 'watts'"
+    ):
+        probabilities_for(SYNTHETIC, 8, 1.0, costs="watts")
+    without_seconds = {k: v for k, v in SYNTHETIC.items() if k != "seconds"}
+    with pytest.raises(
+        ValueError, match=r"`costs='seconds'` needs a calibration with measured seconds"
+    ):
+        schedule_for(without_seconds, 8, 1.0, costs="seconds")
+    with pytest.raises(ValueError, match=r"`floor` must be in \[0, 1\], got 1.5"):
+        schedule_for(SYNTHETIC, 8, 1.0, weighted=True, floor=1.5)
