@@ -95,9 +95,18 @@ def _calibrate(a: argparse.Namespace) -> None:
     import jax
 
     from .diffusion.calibrate import calibrate, write_calibration
-    from .diffusion.levels import in_package, level_widths, load_sampling_levels, user_directory
+    from .diffusion.levels import (
+        in_package,
+        ladder_key,
+        level_names,
+        load_sampling_levels,
+        user_directory,
+        with_base,
+    )
 
-    levels, manifests = load_sampling_levels(a.checkpoints, a.kind)
+    key = ladder_key(a.kind, a.base, a.top_only)
+    networks, manifests = load_sampling_levels(a.checkpoints, a.kind)
+    levels = with_base(networks, **_base(a)) if a.base != "none" else networks
     result = calibrate(
         levels,
         jax.random.key(a.seed),
@@ -115,12 +124,12 @@ def _calibrate(a: argparse.Namespace) -> None:
             else Path(a.checkpoints) / "calibration.json"
         )
     )
-    write_calibration(out, result)
-    print(f"{'width':>6} {'MFLOP/image':>12} {'ms/image':>9} {'eps_l':>9} {'v_l':>10}")
+    write_calibration(out, result, key)
+    print(f"{'level':>8} {'MFLOP/image':>12} {'ms/image':>9} {'eps_l':>9} {'v_l':>10}")
     v = [float("nan")] + result["variances"]
-    rows = zip(level_widths(levels), result["flops"], result["seconds"], result["errors"], v)
-    for width, f, s, e, var in rows:
-        print(f"{width:>6} {f / 1e6:>12.2f} {s * 1e3:>9.3f} {e:>9.3f} {var:>10.3f}")
+    rows = zip(level_names(levels), result["flops"], result["seconds"], result["errors"], v)
+    for name, f, s, e, var in rows:
+        print(f"{name:>8} {f / 1e6:>12.2f} {s * 1e3:>9.3f} {e:>9.3f} {var:>10.3f}")
     use = (
         f"; use it with --calibration {out}"
         if out.resolve() != (Path(a.checkpoints) / "calibration.json").resolve()
@@ -129,26 +138,34 @@ def _calibrate(a: argparse.Namespace) -> None:
     # gamma is None with fewer than 3 levels.
     print(
         f"gamma = {result['gamma'] or float('nan'):.2f} (FLOPs), "
-        f"{result['gamma_seconds'] or float('nan'):.2f} (seconds); written to {out}{use}"
+        f"{result['gamma_seconds'] or float('nan'):.2f} (seconds); written to {out} "
+        f"as {key!r}{use}"
     )
+
+
+def _mlem_probabilities(a: argparse.Namespace, calibration: dict):
+    """ML-EM's p_l from the calibration: constant, or p_l(t) with --schedule."""
+    from .diffusion.calibrate import probabilities_for, schedule_for
+
+    if a.schedule:
+        schedule = schedule_for(calibration, a.steps, a.top_evaluations, draws=a.draws)
+        return tuple(map(tuple, schedule.tolist()))
+    return probabilities_for(calibration, a.steps, a.top_evaluations, a.draws)
 
 
 def _sample(a: argparse.Namespace) -> None:
     import jax
 
-    from .diffusion.calibrate import probabilities_for
     from .diffusion.demo import prepare
     from .diffusion.images import save_samples
     from .diffusion.runner import Setting, run_setting
     from .diffusion.sample import initial_noise, stitch_switch
 
-    levels, image_shape, calibration = prepare(a.checkpoints, a.kind, a.seed, a.calibration)
-    noise_key, path_key, draw_key = jax.random.split(jax.random.key(a.seed), 3)
-    probabilities = (
-        probabilities_for(calibration, a.steps, a.top_evaluations, a.draws)
-        if a.method == "mlem"
-        else None
+    levels, image_shape, calibration = prepare(
+        a.checkpoints, a.kind, a.seed, a.calibration, **_base(a)
     )
+    noise_key, path_key, draw_key = jax.random.split(jax.random.key(a.seed), 3)
+    probabilities = _mlem_probabilities(a, calibration) if a.method == "mlem" else None
     switch = stitch_switch(a.stitch_fraction) if a.method == "tstitch" else None
     if a.count % a.groups:
         raise ValueError(f"--groups must divide --count {a.count}, got {a.groups}")
@@ -193,6 +210,9 @@ def _bench(a: argparse.Namespace) -> None:
         repeats=a.repeats,
         seed=a.seed,
         calibration=a.calibration,
+        **_base(a),
+        schedule=a.schedule,
+        draws=a.draws,
     )
 
 
@@ -286,6 +306,49 @@ def _grid_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _base_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--base",
+        choices=("none", "gaussian"),
+        default="none",
+        help="a level below the networks: the data's Gaussian score (shipped statistics of "
+        "the training split), which costs next to nothing (default: none)",
+    )
+    parser.add_argument(
+        "--top-only",
+        action="store_true",
+        help="with --base gaussian: the ladder [Gaussian score, top network], ML-EM on one network",
+    )
+    parser.add_argument(
+        "--statistics",
+        help="with --base gaussian: the data's statistics, an .npz written by "
+        "mlem_jax.diffusion.save_gaussian (default: the shipped ones of MNIST)",
+    )
+
+
+def _base(a: argparse.Namespace) -> dict:
+    """The ladder options of `prepare` and `with_base`."""
+    from .diffusion.levels import GAUSSIAN_STATISTICS
+
+    statistics = a.statistics or GAUSSIAN_STATISTICS
+    return {"base": a.base, "top_only": a.top_only, "statistics": statistics}
+
+
+def _draw_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--draws",
+        choices=("random", "stratified"),
+        default="random",
+        help="ML-EM: independent level draws at every step, or spread evenly",
+    )
+    parser.add_argument(
+        "--schedule",
+        action="store_true",
+        help="ML-EM: p_l(t) from the calibration's v_l(t) instead of constant p_l (what the "
+        "Gaussian base needs: its correction is about 40x larger near t = 0 than at high noise)",
+    )
+
+
 def _grid(a: argparse.Namespace) -> str:
     from .diffusion.grids import DEFAULT_GRID
 
@@ -366,6 +429,7 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--count", type=_positive, default=16, help="images per run")
     cal.add_argument("--steps", type=_positive, default=64, help="EM steps of the run")
     _grid_option(cal)
+    _base_options(cal)
     cal.add_argument(
         "--out",
         help="JSON file (default: <checkpoints>/calibration.json, or "
@@ -391,12 +455,8 @@ def _parser() -> argparse.ArgumentParser:
         default=2.0,
         help="ML-EM: expected evaluations of the top level per run",
     )
-    smp.add_argument(
-        "--draws",
-        choices=("random", "stratified"),
-        default="random",
-        help="ML-EM: independent level draws at every step, or spread evenly",
-    )
+    _draw_options(smp)
+    _base_options(smp)
     smp.add_argument(
         "--groups",
         type=_positive,
@@ -436,6 +496,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--count", type=_positive, default=16, help="images per batch")
     bench.add_argument("--steps", type=_positive, default=64)
     bench.add_argument("--repeats", type=_positive, default=3)
+    _draw_options(bench)
+    _base_options(bench)
 
     sde = command(
         "sde-demo",
@@ -526,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
 
             shipped = CHECKPOINTS if arguments.command == "distill" else CASCADE_CHECKPOINTS
             arguments.checkpoints = str(shipped)
+        if getattr(arguments, "top_only", False) and arguments.base == "none":
+            raise ValueError("--top-only needs --base gaussian (the top network alone is EM)")
         arguments.run(arguments)
     except (ValueError, OSError, ModuleNotFoundError) as error:
         print(f"mlem-jax: error: {error}", file=sys.stderr)

@@ -151,6 +151,45 @@ def test_a_cascade_is_calibrated_and_sampled_as_one_family(tmp_path, capsys):
     assert samples.shape == (2, *IMAGE_SHAPE) and np.isfinite(samples).all()
 
 
+def test_the_gaussian_base_is_calibrated_and_sampled_under_a_cascade(tmp_path, capsys):
+    from mlem_jax.diffusion import fit_gaussian, load_digits, save_gaussian
+
+    folder = tmp_path / "cascade"
+    # A second exit that differs from the first (a fresh cascade's readouts start at 0).
+    cascade = eqx.tree_at(
+        lambda c: c.stages[1].conv_out.weight,
+        tiny_cascade(),
+        0.1 * jax.random.normal(jax.random.key(5), tiny_cascade().stages[1].conv_out.weight.shape),
+    )
+    save_model(folder / "cascade", cascade, image_shape=list(IMAGE_SHAPE))
+    statistics = save_gaussian(tmp_path / "digits", fit_gaussian(load_digits("train").images))
+    base = ["--checkpoints", str(folder), "--base", "gaussian", "--statistics", str(statistics)]
+    small = ["--count", "2", "--steps", "4"]
+    assert main(["calibrate", *base, *small]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:4]] == [
+        "gaussian",
+        "1",
+        "2",
+    ]
+    assert main(["calibrate", *base, "--top-only", *small]) == 0
+    stored = json.loads((folder / "calibration.json").read_text())
+    assert sorted(stored) == ["sde+gaussian", "sde+gaussian_top"]
+    assert len(stored["sde+gaussian"]["flops"]) == 3 and stored["sde+gaussian"]["shared"]
+    assert len(stored["sde+gaussian_top"]["flops"]) == 2
+    out = tmp_path / "s.npz"
+    argv = ["sample", *base, "--top-only", "--schedule", "--draws", "stratified", *small]
+    assert main([*argv, "--top-evaluations", "2", "--out", str(out)]) == 0
+    samples = np.load(out)["samples"]
+    assert samples.shape == (2, *IMAGE_SHAPE) and np.isfinite(samples).all()
+    # The shipped statistics, of another shape: one line naming them.
+    shipped = ["--checkpoints", str(folder), "--base", "gaussian", *small]
+    _one_line_error(
+        capsys,
+        ["sample", *shipped, "--out", str(out)],
+        "hold samples of shape (1, 32, 32), but the checkpoints' images are (1, 8, 8)",
+    )
+
+
 def test_levels_without_a_calibration_file_are_calibrated_on_the_spot(checkpoints, monkeypatch):
     measured = {"flops": [1.0, 4.0], "variances": [1.0], "profile": {}}
     calls = []

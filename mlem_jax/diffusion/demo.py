@@ -5,6 +5,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,14 +15,21 @@ from .._calibrate import level_costs
 from .._timing import interleaved_median_seconds
 from .brownian import family_brownian_path
 from .calibrate import calibrate, probabilities_for, read_calibration, schedule_for
-from .cascade import CascadeFamily
 from .figures import frontier_figure, sample_panels
+from .gaussian import load_gaussian
 from .grids import DEFAULT_GRID, time_grid
-from .levels import CASCADE_CHECKPOINTS, level_widths, load_sampling_levels
+from .levels import (
+    CASCADE_CHECKPOINTS,
+    GAUSSIAN_STATISTICS,
+    ladder_key,
+    level_names,
+    load_sampling_levels,
+    with_base,
+)
 from .metrics import strong_error
 from .runner import Setting, compile_sampler, run_setting
 from .sample import initial_noise, stitch_switch
-from .sde import VPSDE, ScoreDrift
+from .sde import VPSDE
 
 
 def prepare(
@@ -29,27 +37,48 @@ def prepare(
     kind: str = "sde",
     seed: int = 0,
     calibration: str | os.PathLike | None = None,
-) -> tuple[CascadeFamily | list[ScoreDrift], tuple[int, ...], dict]:
-    """Load the levels of `directory` as `kind` drifts and their calibration
-    (`load_sampling_levels`).
+    *,
+    base: str = "none",
+    top_only: bool = False,
+    statistics: str | os.PathLike = GAUSSIAN_STATISTICS,
+) -> tuple[Any, tuple[int, ...], dict]:
+    """Load the levels of `directory` as `kind` drifts (`load_sampling_levels`), with
+    the Gaussian base (of the `statistics` file, default the shipped MNIST ones) under
+    them or under the top network alone (`with_base`), and their calibration.
 
-    The calibration is read from the file `calibration` (default
-    `<directory>/calibration.json`; both as written by `mlem-jax calibrate`), or
-    measured now on a short run when it is missing.
+    The calibration is the ladder's entry (`ladder_key`) of the file `calibration`
+    (default `<directory>/calibration.json`; both as written by `mlem-jax calibrate`),
+    or measured now on a short run when it is missing.
 
     **Returns:**
 
     `(levels, image_shape, calibration)`.
     """
-    levels, manifests = load_sampling_levels(directory, kind)
+    networks, manifests = load_sampling_levels(directory, kind)
+    key = ladder_key(kind, base, top_only)
     image_shape = tuple(manifests[-1]["image_shape"])
+    levels = networks
+    if base != "none":
+        check_statistics(statistics, image_shape)
+        levels = with_base(networks, base, top_only=top_only, statistics=statistics)
     path = Path(directory) / "calibration.json" if calibration is None else calibration
-    measured = read_calibration(path, kind)
+    measured = read_calibration(path, key)
     if measured is None or len(measured["flops"]) != len(levels) or "profile" not in measured:
         measured = calibrate(
             levels, jax.random.key(seed), image_shape, count=8, num_steps=32, repeats=3
         )
     return levels, image_shape, measured
+
+
+def check_statistics(statistics: str | os.PathLike, image_shape: Sequence[int]) -> None:
+    """Refuse Gaussian statistics whose samples are not of the checkpoints' image shape."""
+    shape = load_gaussian(statistics).shape
+    if shape != tuple(image_shape):
+        raise ValueError(
+            f"`statistics` ({statistics}) hold samples of shape {shape}, but the checkpoints' "
+            f"images are {tuple(image_shape)}: fit the base to your data (`fit_gaussian`, "
+            "`save_gaussian`) and pass its file."
+        )
 
 
 def demo_settings(
@@ -62,12 +91,12 @@ def demo_settings(
 ) -> list[Setting]:
     """EM with the top level, ML-EM with all levels (the top one drawn about
     `top_level_evaluations` times) with constant p_l, with stratified draws and with
-    p_l(t) on the sensitivity-weighted v_l(t), each in `groups` groups of the batch with
+    p_l(t) on v_l(t) (unweighted: see `schedule_for`), each in `groups` groups of the batch with
     draws of their own, T-Stitch (half the time span on the second largest), all on the
     time grid family `grid`."""
     m = top_level_evaluations
     ts = None if grid == "uniform" else time_grid(grid, VPSDE(), mlem_steps)
-    schedule = schedule_for(calibration, mlem_steps, m, weighted=True, ts=ts)
+    schedule = schedule_for(calibration, mlem_steps, m, ts=ts)
     settings = [
         Setting("em", em_steps, label=f"EM, top level, {em_steps} steps"),
         Setting(
@@ -124,10 +153,26 @@ def frontier_settings(
     }
 
 
+def gaussian_setting(calibration: dict, num_steps: int, top_level_evaluations: float) -> Setting:
+    """ML-EM on [the Gaussian score, the top network] (`with_base(..., top_only=True)`):
+    p(t) on the ladder's v(t) for stratified draws (`schedule_for`), the network drawn
+    about `top_level_evaluations` times."""
+    m = top_level_evaluations
+    schedule = schedule_for(calibration, num_steps, m, draws="stratified")
+    return Setting(
+        "mlem",
+        num_steps,
+        tuple(map(tuple, schedule.tolist())),
+        label=f"ML-EM: the Gaussian score + one network, p(t) stratified, {num_steps} steps, "
+        f"m={m:g}",
+        draws="stratified",
+    )
+
+
 # EM steps, ML-EM steps, top-level evaluations m, reference steps; the frontier's EM
-# steps and budgets m.
-_FULL = (32, 64, 8.0, 128, (8, 16, 32, 64), (2.0, 4.0, 8.0, 16.0, 32.0))
-_QUICK = (4, 8, 2.0, 16, (4, 8), (2.0,))
+# steps and budgets m; the steps and m of the Gaussian base's panel.
+_FULL = (32, 64, 8.0, 128, (8, 16, 32, 64), (2.0, 4.0, 8.0, 16.0, 32.0), (128, 24.0))
+_QUICK = (4, 8, 2.0, 16, (4, 8), (2.0,), (8, 2.0))
 
 
 def run_demo(
@@ -139,9 +184,11 @@ def run_demo(
     quick: bool = False,
     calibration: str | os.PathLike | None = None,
     grid: str = DEFAULT_GRID,
+    statistics: str | os.PathLike = GAUSSIAN_STATISTICS,
 ) -> dict:
-    """Sample with EM, ML-EM (constant p_l, stratified draws, p_l(t)) and T-Stitch from
-    the same noise and Brownian path, and with EM and ML-EM at several costs; print
+    """Sample with EM, ML-EM (constant p_l, stratified draws, p_l(t)), T-Stitch and ML-EM
+    on [the Gaussian score, the top network] (`gaussian_setting`) from the same noise
+    and Brownian path, and with EM and ML-EM at several costs; print
     cost and strong error against a fine EM reference; write the samples side by side
     (`demo_samples.png`) and the cost-error frontier (`demo_frontier.png`). ML-EM draws
     the levels of each image on its own (`groups=count`), so the strong error, a mean
@@ -156,6 +203,8 @@ def run_demo(
     - `quick`: fewer and shorter runs (4 to 16 steps), for a smoke test.
     - `calibration`: the calibration file (default `<directory>/calibration.json`).
     - `grid`: the time grid family of every run (`mlem_jax.diffusion.GRIDS`).
+    - `statistics`: the Gaussian base's statistics (default: the shipped MNIST ones);
+        its panel is left out when they are not of the checkpoints' image shape.
 
     **Returns:**
 
@@ -163,17 +212,19 @@ def run_demo(
     `frontier` (curve name -> such rows) and the paths of the two PNGs.
     """
     start = time.perf_counter()
-    em_steps, mlem_steps, m, reference_steps, frontier_steps, budgets = _QUICK if quick else _FULL
+    em_steps, mlem_steps, m, reference_steps, frontier_steps, budgets, (base_steps, base_m) = (
+        _QUICK if quick else _FULL
+    )
     levels, image_shape, measured = prepare(directory, "sde", seed, calibration)
     noise_key, path_key, draw_key = jax.random.split(jax.random.key(seed), 3)
     x1 = initial_noise(noise_key, count, image_shape)
     path = family_brownian_path(path_key, x1.shape, grid, VPSDE(), reference_steps)
     flops, cache, outcomes = measured["flops"], {}, {}
 
-    def run(setting: Setting) -> tuple[dict, np.ndarray]:
-        key = setting._replace(label="")
+    def run(setting: Setting, ladder=levels, ladder_flops=flops) -> tuple[dict, np.ndarray]:
+        key = (setting._replace(label=""), id(ladder))
         if key not in outcomes:
-            outcomes[key] = run_setting(setting, levels, x1, path, draw_key, flops, cache)
+            outcomes[key] = run_setting(setting, ladder, x1, path, draw_key, ladder_flops, cache)
         outcome = outcomes[key]
         error = strong_error(outcome.samples, reference.samples)
         return (
@@ -193,6 +244,22 @@ def run_demo(
         run(setting)
         for setting in demo_settings(measured, em_steps, mlem_steps, m, groups=count, grid=grid)
     ]
+    if load_gaussian(statistics).shape == image_shape:
+        based, _, based_measured = prepare(
+            directory,
+            "sde",
+            seed,
+            calibration,
+            base="gaussian",
+            top_only=True,
+            statistics=statistics,
+        )
+        based_setting = gaussian_setting(based_measured, base_steps, base_m)
+        runs.append(
+            run(based_setting._replace(groups=count, grid=grid), based, based_measured["flops"])
+        )
+    else:
+        print(f"no Gaussian-base panel: {statistics} is not of the images' shape {image_shape}")
     rows = [row for row, _ in runs]
     frontier = {
         name: [run(setting)[0] for setting in settings]
@@ -234,7 +301,7 @@ def run_demo(
         name: [(p["gflops"], p["error"], p["method"]) for p in points]
         for name, points in frontier.items()
     }
-    for row in rows[3:]:  # ML-EM p(t), T-Stitch
+    for row in rows[3:]:  # ML-EM p(t), T-Stitch, the Gaussian base
         curves[row["method"]] = [(row["gflops"], row["error"], "")]
     figure = frontier_figure(
         out_dir / "demo_frontier.png",
@@ -265,23 +332,40 @@ def run_bench(
     repeats: int = 3,
     seed: int = 0,
     calibration: str | os.PathLike | None = None,
+    base: str = "none",
+    top_only: bool = False,
+    statistics: str | os.PathLike = GAUSSIAN_STATISTICS,
+    schedule: bool = False,
+    draws: str = "random",
 ) -> dict:
-    """Per-level cost, and EM vs ML-EM sampling with the same step count timed in turns.
+    """Per-level cost (FLOPs, seconds and the rate, GFLOP/s, at which each runs), and EM
+    vs ML-EM sampling with the same step count timed in turns. `base`, `top_only`: the
+    ladder (see `prepare`); ML-EM draws with `draws`, with constant p_l or, with
+    `schedule`, with p_l(t) on the calibration's v_l(t) (`schedule_for`).
 
     **Returns:**
 
-    A dict with per-image FLOPs and seconds per level and the two sampling times.
+    A dict with per-image FLOPs and seconds per level, their GFLOP/s and the two
+    sampling times.
     """
-    levels, image_shape, measured = prepare(directory, "sde", seed, calibration)
+    levels, image_shape, measured = prepare(
+        directory, "sde", seed, calibration, base=base, top_only=top_only, statistics=statistics
+    )
     noise_key, path_key, draw_key = jax.random.split(jax.random.key(seed), 3)
     x1 = initial_noise(noise_key, count, image_shape)
     costs = level_costs(levels, 1.0, x1, repeats=repeats * 5)
-    print(f"{'width':>6} {'MFLOP/image':>12} {'ms/image':>9}")
-    for width, f, s in zip(level_widths(levels), costs.flops, costs.seconds):
-        print(f"{width:>6} {f / count / 1e6:>12.2f} {s / count * 1e3:>9.3f}")
+    rates = costs.flops / costs.seconds / 1e9
+    print(f"{'level':>8} {'MFLOP/image':>12} {'ms/image':>9} {'GFLOP/s':>8}")
+    for name, f, s, rate in zip(level_names(levels), costs.flops, costs.seconds, rates):
+        print(f"{name:>8} {f / count / 1e6:>12.2f} {s / count * 1e3:>9.3f} {rate:>8.1f}")
     em = Setting("em", num_steps)
-    mlem = Setting("mlem", num_steps, probabilities_for(measured, num_steps))
-    p = jnp.asarray(mlem.probabilities)
+    p = (
+        schedule_for(measured, num_steps, draws=draws)
+        if schedule
+        else probabilities_for(measured, num_steps, draws=draws)
+    )
+    mlem = Setting("mlem", num_steps, np.asarray(p), draws=draws)
+    p = jnp.asarray(p)
     runs = [compile_sampler(setting, levels, x1, path_key) for setting in (em, mlem)]
     calls = [
         lambda: runs[0](levels, x1, path_key, draw_key, None),
@@ -295,6 +379,7 @@ def run_bench(
     return {
         "flops": (costs.flops / count).tolist(),
         "seconds": (costs.seconds / count).tolist(),
+        "gflops": rates.tolist(),
         "em_seconds": seconds[0],
         "mlem_seconds": seconds[1],
     }
