@@ -263,5 +263,5 @@ def test_family_with_base_puts_its_base_below_the_family():
     np.testing.assert_array_equal(a.evaluations, b.evaluations)
     # Every p_l = 1: the telescoping sum is the top level, EM on the family's top.
     every = run(based, probabilities=jnp.ones(4))
-    em = run([shared[-1]], probabilities=None)
+    em = run([shared[-1]], probabilities=jnp.ones(1))
     np.testing.assert_allclose(every.ys, em.ys, rtol=1e-5, atol=1e-5)
