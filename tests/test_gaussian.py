@@ -225,3 +225,21 @@ def test_gaussian_base_under_a_cascade_samples_with_ml_em():
     assert cheap.evaluations[0] == 8 and cheap.evaluations[2] < 8
     costs = mlem_jax.level_costs(based, 0.5, x1, repeats=1).flops
     assert (np.diff(costs) > 0).all() and costs[0] < 0.2 * costs[1]
+
+
+def test_ladder_keys_and_level_names():
+    from mlem_jax.diffusion import ScoreDrift
+    from mlem_jax.diffusion.levels import ladder_key, level_names
+
+    from diffusion_helpers import tiny_unets
+
+    assert ladder_key("sde") == "sde" and ladder_key("ode", "gaussian") == "ode+gaussian"
+    assert ladder_key("sde", "gaussian", top_only=True) == "sde+gaussian_top"
+    with pytest.raises(ValueError, match=r"`top_only` needs a base level"):
+        ladder_key("sde", top_only=True)
+    base = GaussianDrift(fit_gaussian(load_digits("train").images, rank=4))
+    cascade = CascadeFamily(tiny_cascade())
+    assert level_names(mlem_jax.FamilyWithBase(base, cascade)) == ["gaussian", "1", "2"]
+    assert level_names([base, cascade[-1]]) == ["gaussian", "2"]
+    unets = [ScoreDrift(model, VPSDE()) for model in tiny_unets()]
+    assert level_names([base, *unets]) == ["gaussian", "1", "2"]
