@@ -54,6 +54,32 @@ def test_density_integrates_to_one_and_samples_have_its_moments():
     assert abs(samples.var() - variance) < 5 * np.sqrt(2 * variance**2 / n) * 3
 
 
+def test_moments_are_the_mixtures_mean_and_covariance():
+    # In 1-d against the density's quadrature; in 3-d, one component is its own moments
+    # (the eigendecomposition undone) and a far-apart pair has the law of total covariance.
+    line = small_mixture(dim=1, components=3)
+    grid = jnp.linspace(-12, 12, 24001)[:, None]
+    density = np.asarray(jnp.exp(jax.vmap(line.log_density)(grid)), np.float64)
+    x = np.asarray(grid[:, 0], np.float64)
+    mean = np.trapezoid(density * x, x)
+    mu, variance = line.moments()
+    assert mu[0] == pytest.approx(mean, abs=1e-4)
+    assert variance[0, 0] == pytest.approx(np.trapezoid(density * (x - mean) ** 2, x), abs=1e-3)
+    rng = np.random.default_rng(3)
+    factor = rng.normal(size=(3, 3))
+    covariance = factor @ factor.T + 0.1 * np.eye(3)
+    one = GaussianMixture(np.ones(1), np.array([[1.0, -2.0, 0.5]]), covariance[None])
+    mu, sigma = one.moments()
+    np.testing.assert_allclose(mu, [1.0, -2.0, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(sigma, covariance, rtol=1e-5, atol=1e-6)
+    means = np.array([[3.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])
+    pair = GaussianMixture(np.array([1.0, 3.0]), means, np.stack([covariance, covariance]))
+    mu, sigma = pair.moments()
+    np.testing.assert_allclose(mu, [0.0, 0.0, 0.0], atol=1e-6)
+    # Between the components: weights 1/4 and 3/4 at distance 4, variance 4^2 * 3/16 = 3.
+    np.testing.assert_allclose(sigma, covariance + np.diag([3.0, 0.0, 0.0]), rtol=1e-5, atol=1e-6)
+
+
 def test_noised_mixture_is_the_law_of_the_forward_process():
     mixture = small_mixture()
     t, n = 0.4, 200_000

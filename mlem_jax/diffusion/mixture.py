@@ -90,6 +90,22 @@ class GaussianMixture(eqx.Module):
         log_terms, precision_times = self._component_terms(x)
         return -jax.nn.softmax(log_terms) @ precision_times
 
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """The mixture's mean (d,) and covariance (d, d), in float64: the Gaussian that
+        `mlem_jax.diffusion.gaussian_statistics` takes as the mixture's Gaussian fit."""
+        weights = np.exp(np.asarray(self.log_weights, np.float64))
+        weights /= weights.sum()
+        means, axes = np.asarray(self.means, np.float64), np.asarray(self.axes, np.float64)
+        covariances = (axes * np.asarray(self.variances, np.float64)[:, None, :]) @ axes.swapaxes(
+            1, 2
+        )
+        mean = weights @ means
+        centred = means - mean
+        covariance = np.einsum("m,mij->ij", weights, covariances) + np.einsum(
+            "m,mi,mj->ij", weights, centred, centred
+        )
+        return mean, covariance
+
     def sample(self, key: PRNGKeyArray, count: int) -> Float[Array, "count d"]:
         """`count` independent draws."""
         component_key, normal_key = jax.random.split(key)
