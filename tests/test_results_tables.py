@@ -20,7 +20,7 @@ LEFT_OUT = {
 
 # The scripts whose `table(result)` writes `<stem>_table.md`, a result's stem starting
 # with its script's name; longest name first.
-SCRIPTS = ("diffusion_quality", "diffusion", "bfloat16", "grids", "ladders")
+SCRIPTS = ("diffusion_quality", "diffusion", "bfloat16", "gaussian_base", "grids", "ladders")
 
 
 def table_writer(result: Path):
@@ -40,7 +40,7 @@ RESULT_FILES = sorted(
 
 def test_every_diffusion_result_is_checked():
     names = {f.stem for f in RESULT_FILES}
-    assert {"diffusion", "diffusion_below_top", "diffusion_quality"} <= names
+    assert {"diffusion", "diffusion_below_top", "diffusion_quality", "gaussian_base"} <= names
     assert "groups" not in json.loads((RESULTS / BEFORE_GROUPS).read_text())["config"]
 
 
