@@ -516,23 +516,29 @@ def _times(value) -> str:
     return "not reached" if value is None else f"{value:.2f}x"
 
 
+def _sig(value: float, digits: int = 3) -> str:
+    """`value` to `digits` significant figures, trailing zeros kept (6.90, 0.0547, 543)."""
+    magnitude = int(np.floor(np.log10(abs(value)))) if value else 0
+    return f"{value:.{max(digits - 1 - magnitude, 0)}f}"
+
+
 def table(result: dict) -> str:
     """The operating points on the held-out set, as a Markdown table."""
     lines = [
         f"**{'Reverse SDE' if result['kind'] == 'sde' else 'Probability-flow ODE'}**, "
         f"{MODELS.get(result['checkpoints'], result['checkpoints'])}, held out: "
-        f"target {result['target_error']:.2f} (EM N=64 on the held-out set; "
-        f"{result['target_error_tuning']:.2f} on the tuning set)",
+        f"target {_sig(result['target_error'])} (EM N=64 on the held-out set; "
+        f"{_sig(result['target_error_tuning'])} on the tuning set)",
         "",
         "| ladder | probabilities | operating point | error (held out) | FLOPs | 90% interval "
         "| wall-clock | 90% interval | per-image error: median / p99 / max | FD |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     em = result["em"]
-    fd = lambda q: "—" if not q else f"{q['fd']:.1f} ± {q['fd_standard_error']:.1f}"  # noqa: E731
-    tail = lambda t: f"{t['median']:.2f} / {t['p99']:.2f} / {t['max']:.2f}"  # noqa: E731
+    fd = lambda q: "—" if not q else f"{_sig(q['fd'], 4)} ± {_sig(q['fd_standard_error'], 2)}"  # noqa: E731
+    tail = lambda t: f"{_sig(t['median'])} / {_sig(t['p99'])} / {_sig(t['max'])}"  # noqa: E731
     lines.append(
-        f"| EM, top network | — | N=64 | {result['target_error']:.2f} | 1x | — | 1x | — | "
+        f"| EM, top network | — | N=64 | {_sig(result['target_error'])} | 1x | — | 1x | — | "
         f"{tail(em['per_image_error'])} | {fd(em['quality'])} |"
     )
     for r in result["operating_points"].values():
@@ -544,7 +550,7 @@ def table(result: dict) -> str:
         lo, hi = r["speedup_flops_ci"]
         wlo, whi = r["speedup_wallclock_ci"]
         lines.append(
-            f"| {r['ladder']} | {name} | {r['label'].split(' ', 1)[1]} | {r['error']:.2f} | "
+            f"| {r['ladder']} | {name} | {r['label'].split(' ', 1)[1]} | {_sig(r['error'])} | "
             f"{r['speedup_flops']:.2f}x | [{lo:.2f}, {hi:.2f}] | {r['speedup_wallclock']:.2f}x | "
             f"[{wlo:.2f}, {whi:.2f}] | {tail(r['per_image_error'])} | {fd(r.get('quality'))} |"
         )
