@@ -163,8 +163,7 @@ def gaussian_setting(calibration: dict, num_steps: int, top_level_evaluations: f
         "mlem",
         num_steps,
         tuple(map(tuple, schedule.tolist())),
-        label=f"ML-EM: the Gaussian score + one network, p(t) stratified, {num_steps} steps, "
-        f"m={m:g}",
+        label=f"ML-EM: Gaussian score + one network, {num_steps} steps, m={m:g}",
         draws="stratified",
     )
 
