@@ -38,6 +38,10 @@ images and draw sequences.
 split (on the testbed: FD of the latents to 10,000 exact draws): EM with
 `operating_steps` steps and the operating point of each ladder's best family. (SDE
 only.)
+
+**Headline.** `headline` in the JSON: per ladder, its best family (largest speedup in
+FLOPs) with `speedup_flops`, `speedup_wallclock`, `error`, `target_error` (held out) and
+`quality`, or `reached: false`.
 """
 
 import argparse
@@ -457,9 +461,8 @@ def main(argv: list[str] | None = None) -> dict:
             operating["em"], top, features, held_out, shape, config, cache
         )
         for ladder in every:
-            reached = [r for r in results.values() if r["ladder"] == ladder and r["reached"]]
-            if reached:
-                best = max(reached, key=lambda r: r["speedup_flops"])
+            best = best_family(results, ladder)
+            if best is not None:
                 name = f"{ladder}/{best['family']}"
                 quality_results[name] = quality(
                     operating[name], every[ladder], features, held_out, shape, config, cache
@@ -502,6 +505,7 @@ def main(argv: list[str] | None = None) -> dict:
             name: (c.seconds / config["timing_batch"]).tolist() for name, c in level_timing.items()
         },
         "operating_points": results,
+        "headline": headline(results, target_heldout),
         "points": points,
         "seconds": time.perf_counter() - start,
     }
@@ -512,8 +516,32 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def _times(value) -> str:
-    return "not reached" if value is None else f"{value:.2f}x"
+def best_family(results: dict, ladder: str) -> dict | None:
+    """The operating point of `ladder`'s family with the largest speedup in FLOPs."""
+    reached = [r for r in results.values() if r["ladder"] == ladder and r["reached"]]
+    return max(reached, key=lambda r: r["speedup_flops"]) if reached else None
+
+
+def headline(results: dict, target_error: float) -> dict:
+    """Per ladder, its best family's speedups, held-out error and quality (None where it
+    was not scored), or {"reached": False}."""
+    out = {}
+    for ladder in dict.fromkeys(r["ladder"] for r in results.values()):
+        best = best_family(results, ladder)
+        out[ladder] = (
+            {"reached": False}
+            if best is None
+            else {
+                "reached": True,
+                "family": best["family"],
+                "speedup_flops": best["speedup_flops"],
+                "speedup_wallclock": best["speedup_wallclock"],
+                "error": best["error"],
+                "target_error": target_error,
+                "quality": best.get("quality"),
+            }
+        )
+    return out
 
 
 def _sig(value: float, digits: int = 3) -> str:

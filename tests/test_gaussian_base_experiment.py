@@ -1,6 +1,7 @@
 """experiments/gaussian_base.py: the equal-error speedups and their intervals, and a quick run."""
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -10,6 +11,9 @@ from mlem_jax.diffusion.mixture import ExactDrift
 from mlem_jax.diffusion.testbed import load_named_testbed
 
 from experiment_helpers import load_experiment, run_experiment
+
+
+RESULTS = Path(__file__).parent.parent / "experiments" / "results"
 
 
 def test_equal_error_speedup_inverts_an_exact_em_fit():
@@ -51,6 +55,7 @@ def test_quick_run(tmp_path):
     result = json.loads((tmp_path / "gaussian_base.json").read_text())
     assert result["heldout"] and result["reference_steps"] >= 4 * result["max_config_steps"]
     assert set(result["level_gflops"]) == {"levels", "gaussian_top", "gaussian_family"}
+    assert set(result["headline"]) == set(result["level_gflops"])
 
 
 def test_testbed_ladders_put_the_mixtures_gaussian_under_the_shipped_exits():
@@ -83,3 +88,19 @@ def test_quick_testbed_run(tmp_path):
     result = json.loads((tmp_path / "gaussian_base.json").read_text())
     assert result["checkpoints"] == "pca16" and result["rank"] == 16
     assert set(result["level_gflops"]) == {"gaussian_top"}
+
+
+@pytest.mark.parametrize(
+    "result", sorted(RESULTS.glob("gaussian_base*.json")), ids=lambda f: f.stem
+)
+def test_committed_headline_is_the_best_family_of_each_ladder(result):
+    experiment = load_experiment("gaussian_base")
+    stored = json.loads(result.read_text())
+    points = stored["operating_points"]
+    assert stored["headline"] == experiment.headline(points, stored["target_error"])
+    for ladder, line in stored["headline"].items():
+        reached = [p for p in points.values() if p["ladder"] == ladder and p["reached"]]
+        assert line["reached"] == bool(reached)
+        if reached:
+            assert line["speedup_flops"] == max(p["speedup_flops"] for p in reached)
+            assert line["target_error"] == stored["target_error"]
