@@ -28,14 +28,12 @@ grid; each ML-EM family's cheapest configuration (FLOPs) with an error no larger
 are accounted from the evaluations; wall-clock is measured on a batch of
 `timing_images`, the compiled samplers timed in turns.
 
-Writes `grids.json` and `grids_table.md` to `--out`, and the table into README.md
-between its grids-table markers (not with `--quick`).
+Writes `grids.json` and `grids_table.md` to `--out`.
 """
 
 import argparse
 import json
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -54,7 +52,6 @@ from mlem_jax.diffusion.sde import KINDS, VPSDE
 
 
 RESULTS = Path(__file__).parent / "results"
-README = Path(__file__).parents[1] / "README.md"
 FULL: dict[str, Any] = dict(
     images=8,
     reference_steps=512,
@@ -283,18 +280,6 @@ def reference_gaps(by_grid: dict) -> dict:
     }
 
 
-def write_readme_table(text: str) -> None:
-    """Replace the README's block between the grids-table markers."""
-    readme = README.read_text()
-    block = f"<!-- grids-table:start -->\n{text}<!-- grids-table:end -->"
-    updated, count = re.subn(
-        r"<!-- grids-table:start -->.*?<!-- grids-table:end -->", block, readme, flags=re.S
-    )
-    if count != 1:
-        raise ValueError("README.md must hold one <!-- grids-table:start/end --> block.")
-    README.write_text(updated)
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
@@ -343,8 +328,6 @@ def main(argv: list[str] | None = None) -> dict:
     text = table(result)
     (out / "grids.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "grids_table.md").write_text(text)
-    if not a.quick:
-        write_readme_table(text)
     print(text, flush=True)
     return result
 

@@ -1,4 +1,4 @@
-"""experiments/grids.py: operating points, the README table it writes, and a quick run."""
+"""experiments/grids.py: operating points and a quick run."""
 
 import json
 
@@ -19,20 +19,6 @@ def test_operating_point_is_the_cheapest_that_reaches_the_target():
     assert grids.operating(points, 2.0)["label"] == "c"
     missed = grids.operating(points, 1.0)
     assert missed["label"] == "c" and not missed["reaches_target"]
-
-
-def test_readme_table_is_replaced_between_its_markers(tmp_path, monkeypatch):
-    grids = load_experiment("grids")
-    readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- grids-table:start -->\nold\n<!-- grids-table:end -->\nend\n")
-    monkeypatch.setattr(grids, "README", readme)
-    grids.write_readme_table("| new |\n")
-    assert readme.read_text() == (
-        "intro\n<!-- grids-table:start -->\n| new |\n<!-- grids-table:end -->\nend\n"
-    )
-    readme.write_text("no markers\n")
-    with pytest.raises(ValueError, match="grids-table"):
-        grids.write_readme_table("| new |\n")
 
 
 @pytest.mark.slow
