@@ -345,7 +345,7 @@ def _draw_options(parser: argparse.ArgumentParser) -> None:
         "--schedule",
         action="store_true",
         help="ML-EM: p_l(t) from the calibration's v_l(t) instead of constant p_l (what the "
-        "Gaussian base needs: its correction is about 40x larger near t = 0 than at high noise)",
+        "Gaussian base needs: its correction is about 17x larger near t = 0 than at high noise)",
     )
 
 
