@@ -345,6 +345,10 @@ def main(argv: list[str] | None = None) -> dict:
         levels, _ = load_sampling_levels(a.checkpoints, a.kind)
         all_ladders, models = ladders(levels, a.rank), Path(a.checkpoints).name
     every = {name: ladder for name, ladder in all_ladders.items() if name in a.ladders}
+    if not every:
+        parser.error(
+            f"--ladders {' '.join(a.ladders)}: this set-up builds only {list(all_ladders)}"
+        )
     base, top = all_ladders["gaussian_top"][0], [all_ladders["gaussian_top"][-1]]
     shape = base.statistics.shape
     cache: dict = {}

@@ -104,3 +104,9 @@ def test_committed_headline_is_the_best_family_of_each_ladder(result):
         if reached:
             assert line["speedup_flops"] == max(p["speedup_flops"] for p in reached)
             assert line["target_error"] == stored["target_error"]
+
+
+def test_ladders_the_set_up_does_not_build_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        load_experiment("gaussian_base").main(["--testbed", "--exact-top", "--ladders", "levels"])
+    assert "this set-up builds only ['gaussian_top']" in capsys.readouterr().err
