@@ -76,7 +76,7 @@ from mlem_jax.diffusion.levels import (
     load_sampling_levels,
 )
 from mlem_jax.diffusion.metrics import classifier_features, frechet_distance, strong_error
-from mlem_jax.diffusion.runner import Setting, run_setting
+from mlem_jax.diffusion.runner import Setting, run_setting, seconds_in_turns
 from mlem_jax.diffusion.sample import T_MIN, initial_noise, level_process, stitch_switch
 from mlem_jax.diffusion.sde import KINDS
 
@@ -221,25 +221,6 @@ def operating(points: list[dict], family: str, target: float) -> dict:
     if reached:
         return {**min(reached, key=lambda p: p["flops"]), "reaches_target": True}
     return {**min(mine, key=lambda p: p["error"]), "reaches_target": False}
-
-
-def wallclock(chosen: dict, by_label: dict, levels, x1, cache: dict, rounds: int = 2) -> dict:
-    """Seconds per image of the operating configurations on the batch `x1`: compiled
-    samplers timed in turns (EM, ML-EM, ..., EM, ...), mean over rounds."""
-    seconds = {name: [] for name in chosen}
-    for _ in range(rounds):
-        for name, point in chosen.items():
-            outcome = run_setting(
-                by_label[point["label"]],
-                levels,
-                x1,
-                jax.random.key(12),
-                jax.random.key(100),
-                [0.0] * len(levels),
-                cache,
-            )
-            seconds[name].append(outcome.seconds)
-    return {name: float(np.mean(s)) / len(x1) for name, s in seconds.items()}
 
 
 def quality(
@@ -576,7 +557,8 @@ def main(argv: list[str] | None = None) -> dict:
     target = em_point["error"]
     chosen = {family: operating(points, family, target) for family in FAMILIES}
     timing_batch = initial_noise(jax.random.key(11), config["quality_samples"], shape)
-    seconds = wallclock(chosen, by_label, levels, timing_batch, cache)
+    runs = {name: (by_label[point["label"]], levels) for name, point in chosen.items()}
+    seconds = seconds_in_turns(runs, timing_batch, jax.random.key(12), jax.random.key(100), cache)
     level_seconds = level_costs(levels, 1.0, timing_batch).seconds / len(timing_batch)
     scores, _ = quality(
         chosen,

@@ -70,7 +70,7 @@ from mlem_jax.diffusion.levels import (
 )
 from mlem_jax.diffusion.metrics import classifier_features, frechet_distance
 from mlem_jax.diffusion.mixture import ExactDrift
-from mlem_jax.diffusion.runner import Setting, run_setting
+from mlem_jax.diffusion.runner import Setting, run_setting, seconds_in_turns
 from mlem_jax.diffusion.sample import T_MIN, initial_noise
 from mlem_jax.diffusion.sde import KINDS
 from mlem_jax.diffusion.testbed import load_ladder, load_named_testbed
@@ -249,25 +249,6 @@ def tails(squared: np.ndarray) -> dict:
     }
 
 
-def timed(settings: dict, ladder_of: dict, x1, cache, rounds: int = 2) -> dict:
-    """Seconds per image of each setting on the batch x1, timed in turns."""
-    seconds = {name: [] for name in settings}
-    for _ in range(rounds):
-        for name, setting in settings.items():
-            levels = ladder_of[name]
-            outcome = run_setting(
-                setting,
-                levels,
-                x1,
-                jax.random.key(12),
-                jax.random.key(100),
-                [0.0] * len(levels),
-                cache,
-            )
-            seconds[name].append(outcome.seconds)
-    return {name: float(np.mean(s)) / len(x1) for name, s in seconds.items()}
-
-
 def quality_features(testbed: bool) -> tuple[Callable[[Array], Any], Any]:
     """The features FD compares and those of the data: the shipped classifier's on the
     held-out split; on the testbed the latents themselves, 10,000 exact draws."""
@@ -440,12 +421,12 @@ def main(argv: list[str] | None = None) -> dict:
     # Wall-clock at the users' batch size.
     timing_x1 = initial_noise(jax.random.key(11), config["timing_batch"], shape)
     operating = {"em": em_settings[config["operating_steps"]]}
-    ladder_of = {"em": top}
+    runs = {"em": (operating["em"], top)}
     for name, r in results.items():
         if r["reached"]:
             operating[name] = chosen[(r["ladder"], r["family"])][0]
-            ladder_of[name] = every[r["ladder"]]
-    seconds = timed(operating, ladder_of, timing_x1, cache)
+            runs[name] = (operating[name], every[r["ladder"]])
+    seconds = seconds_in_turns(runs, timing_x1, jax.random.key(12), jax.random.key(100), cache)
     em_step_seconds = seconds["em"] / config["operating_steps"]
     for name, r in results.items():
         if r["reached"]:

@@ -46,7 +46,7 @@ from mlem_jax.diffusion.calibrate import calibrate, probabilities_for, schedule_
 from mlem_jax.diffusion.grids import GRIDS, time_grid
 from mlem_jax.diffusion.levels import CHECKPOINTS, load_levels
 from mlem_jax.diffusion.metrics import strong_error
-from mlem_jax.diffusion.runner import Setting, run_setting
+from mlem_jax.diffusion.runner import Setting, run_setting, seconds_in_turns
 from mlem_jax.diffusion.sample import initial_noise, sample, score_levels
 from mlem_jax.diffusion.sde import KINDS, VPSDE
 
@@ -146,24 +146,6 @@ def operating(points: list[dict], target: float) -> dict:
     return {**min(points, key=lambda p: p["error"]), "reaches_target": False}
 
 
-def wallclock(chosen: dict, by_label: dict, levels, x1, path, rounds: int, cache) -> dict:
-    """Seconds per image of the chosen settings, compiled, timed in turns."""
-    seconds: dict[str, list[float]] = {name: [] for name in chosen}
-    for _ in range(rounds):
-        for name, point in chosen.items():
-            run = run_setting(
-                by_label[point["label"]],
-                levels,
-                x1,
-                path,
-                jax.random.key(7),
-                [0.0] * len(levels),
-                cache,
-            )
-            seconds[name].append(run.seconds / len(x1))
-    return {name: float(np.mean(s)) for name, s in seconds.items()}
-
-
 def run_grid(grid: str, kind: str, levels, config: dict, x1, path, timing: tuple, common) -> dict:
     """Calibrate on `grid`, measure every setting, pick the operating points, time them."""
     shape = x1.shape[1:]
@@ -197,8 +179,9 @@ def run_grid(grid: str, kind: str, levels, config: dict, x1, path, timing: tuple
     chosen = {family: operating(points, em["error"]) for family, points in by_family.items()}
     chosen["em"] = em
     timing_x1, timing_path = timing
-    seconds = wallclock(
-        chosen, by_label, levels, timing_x1, timing_path, config["timing_rounds"], cache
+    runs = {name: (by_label[point["label"]], levels) for name, point in chosen.items()}
+    seconds = seconds_in_turns(
+        runs, timing_x1, timing_path, jax.random.key(7), cache, config["timing_rounds"]
     )
     speedups = {
         family: {

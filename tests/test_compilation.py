@@ -107,3 +107,24 @@ def test_classifier_features_and_sharded_noise_compile_once():
     assert first and not second, second
     first, second = twice(lambda: global_noise(jax.random.key(0), 2, IMAGE_SHAPE))
     assert first and not second, second
+
+
+def test_seconds_in_turns_compiles_each_run_once_and_times_it_every_round(monkeypatch):
+    from mlem_jax.diffusion import runner
+
+    levels = score_levels(tiny_unets())
+    x1 = initial_noise(jax.random.key(1), 2, IMAGE_SHAPE)
+    runs = {"em": (Setting("em", 3), levels[-1:]), "mlem": (Setting("mlem", 3, (1.0, 0.5)), levels)}
+    order = []
+    timed = runner.run_setting
+
+    def recorded(setting, *args, **kwargs):
+        order.append(setting.method)
+        return timed(setting, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_setting", recorded)
+    cache: dict = {}
+    seconds = runner.seconds_in_turns(runs, x1, jax.random.key(2), jax.random.key(3), cache, 3)
+    # In turns, every round; one compiled sampler per run, kept in `cache`.
+    assert order == ["em", "mlem"] * 3 and len(cache) == 2
+    assert set(seconds) == {"em", "mlem"} and all(s > 0 for s in seconds.values())

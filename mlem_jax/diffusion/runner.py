@@ -1,7 +1,7 @@
 """Compile a sampler ahead of time, run it, and report samples, cost and seconds."""
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -200,3 +200,22 @@ def run_setting(
         ts=setting_grid(setting, levels),
     )
     return Outcome(np.asarray(solution.ys), cost, seconds, np.asarray(solution.evaluations))
+
+
+def seconds_in_turns(
+    runs: Mapping[str, tuple[Setting, Sequence[Drift] | LevelFamily]],
+    x1: Array,
+    brownian: Any,
+    key: PRNGKeyArray | None,
+    cache: dict | None = None,
+    rounds: int = 2,
+) -> dict[str, float]:
+    """Seconds per sample of each named (setting, levels) on the batch `x1`, the samplers
+    compiled first (`run_setting`) and timed in turns (a, b, ..., a, b, ...), so that
+    every run sees the same load on a shared machine: the mean over `rounds`."""
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, (setting, levels) in runs.items():
+            outcome = run_setting(setting, levels, x1, brownian, key, [0.0] * len(levels), cache)
+            seconds[name].append(outcome.seconds)
+    return {name: float(np.mean(s)) / len(x1) for name, s in seconds.items()}
